@@ -1,0 +1,338 @@
+"""The gateway's state machine: clients, their buffers and output, and the
+conversation with the handler (sans-IO).
+
+The trio shell (server.py) feeds it socket events and handler output and
+carries out what it decides: bytes queued in :attr:`Core.outbox` go to the
+handler's stdin; clients in :attr:`Core.touched` get their output flushed,
+their reader woken, or their socket closed once ``closing`` is set and their
+output is empty.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from . import __version__
+from .buffer import DEFAULT_BUFSIZE, MAX_BUFSIZE, ClientBuffer
+from .lines import LineSplitter
+from .protocol import (
+    MAX_HANDLER_LINE,
+    TICK,
+    Close,
+    Consumed,
+    HandlerError,
+    Write,
+    encode_connect,
+    encode_data,
+    encode_disconnect,
+    encode_hello,
+    parse_line,
+    quote,
+)
+
+log = logging.getLogger("tgate")
+
+DEFAULT_MAX_OUTPUT = 1 << 20
+DEFAULT_QUARANTINE_AFTER = 3
+#: Stop reading clients while this much is queued for the handler's stdin.
+PIPE_HIGH_WATER = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    bufsize: int = DEFAULT_BUFSIZE
+    max_bufsize: int = MAX_BUFSIZE
+    update_time: float = 1.0
+    #: per-client queued output: reading pauses above half of it, and the
+    #: client is disconnected ("slow") when it would go past it
+    max_output: int = DEFAULT_MAX_OUTPUT
+    #: disconnect a client whose bytes were in flight at this many
+    #: consecutive handler crashes (0: never)
+    quarantine_after: int = DEFAULT_QUARANTINE_AFTER
+    framing: str = "raw"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.bufsize <= self.max_bufsize:
+            raise ValueError("need 0 < bufsize <= max_bufsize")
+        if self.max_output <= 0 or self.update_time <= 0:
+            raise ValueError("max_output and update_time must be positive")
+
+
+class Client:
+    """One connected client as the core sees it."""
+
+    __slots__ = ("buffer", "closing", "id", "io", "known", "local", "out", "peer", "strikes")
+
+    def __init__(
+        self, cid: int, peer: tuple[str, int], local: tuple[str, int], settings: Settings
+    ) -> None:
+        self.id = cid
+        self.peer = peer
+        self.local = local
+        self.buffer = ClientBuffer(settings.bufsize, settings.max_bufsize)
+        #: output queued for the socket
+        self.out = bytearray()
+        #: why the client is being closed (once its output is flushed), or None
+        self.closing: str | None = None
+        #: the current handler process has been told about this client
+        self.known = False
+        #: consecutive handler crashes with this client's bytes in flight
+        self.strikes = 0
+        #: the I/O shell's per-connection object
+        self.io: object = None
+
+    def __repr__(self) -> str:
+        return f"<client {self.id} {self.peer[0]}:{self.peer[1]}>"
+
+
+class Core:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.clients: dict[int, Client] = {}
+        self._next_id = 1
+        self.outbox: list[bytes] = []
+        self.outbox_size = 0
+        #: clients whose output, close state or readability changed
+        self.touched: set[Client] = set()
+        self.handler_up = False
+        #: clients with a data message awaiting its consumed reply
+        self.owed = 0
+        #: stop reading clients (shutdown)
+        self.stopping = False
+        #: keep client bytes in their buffers instead of sending them (the
+        #: handler is being replaced or the gateway is stopping)
+        self.hold = False
+        self._lines = LineSplitter(MAX_HANDLER_LINE)
+        self._out_high = max(1, self.settings.max_output // 2)
+
+    # ------------------------------------------------------------ queries
+
+    def can_read(self, c: Client) -> bool:
+        return (
+            c.closing is None
+            and c.buffer.room() > 0
+            and len(c.out) < self._out_high
+            and self.outbox_size < PIPE_HIGH_WATER
+            and not self.stopping
+        )
+
+    @property
+    def ever_connected(self) -> bool:
+        return self._next_id > 1
+
+    @property
+    def pipe_full(self) -> bool:
+        return self.outbox_size >= PIPE_HIGH_WATER
+
+    def take_outbox(self) -> bytes:
+        data = b"".join(self.outbox)
+        self.outbox.clear()
+        self.outbox_size = 0
+        return data
+
+    # ------------------------------------------------------------ client side
+
+    def connect(self, peer: tuple[str, int], local: tuple[str, int]) -> Client:
+        c = Client(self._next_id, peer, local, self.settings)
+        self._next_id += 1
+        self.clients[c.id] = c
+        if self.handler_up:
+            self._queue(encode_connect(c.id, peer, local))
+            c.known = True
+        return c
+
+    def received(self, c: Client, data: bytes) -> None:
+        """Bytes read from the client's socket (at most buffer.room())."""
+        if c.closing is not None:
+            return
+        c.buffer.feed(data)
+        self._send_data(c)
+
+    def received_eof(self, c: Client) -> None:
+        if c.closing is not None:
+            return
+        c.buffer.feed_eof()
+        self._send_data(c)
+
+    def gone(self, c: Client, reason: str) -> None:
+        """The client's socket is closed: forget it and tell the handler."""
+        if self.clients.pop(c.id, None) is None:
+            return
+        if c.closing is None:
+            c.closing = reason
+        if c.buffer.awaiting:
+            self.owed -= 1
+        if c.known and self.handler_up:
+            self._queue(encode_disconnect(c.id, reason))
+        c.known = False
+        self.touched.discard(c)
+
+    def close(self, c: Client, reason: str, *, drop_output: bool = False) -> None:
+        """Close `c` once its queued output is written (or at once)."""
+        if c.closing is None:
+            c.closing = reason
+        if drop_output:
+            c.out.clear()
+        self.touched.add(c)
+
+    # ------------------------------------------------------------ handler side
+
+    def handler_started(self) -> None:
+        """A new handler process is up: greet it and replay every client."""
+        s = self.settings
+        self.outbox.clear()
+        self.outbox_size = 0
+        self._lines = LineSplitter(MAX_HANDLER_LINE)
+        self.handler_up = True
+        self.hold = self.stopping
+        self._queue(
+            encode_hello(
+                tgate_version=__version__,
+                framing=s.framing,
+                bufsize=s.bufsize,
+                max_bufsize=s.max_bufsize,
+                update_time=s.update_time,
+            )
+        )
+        for c in self.clients.values():
+            if c.closing is not None:
+                continue
+            self._queue(encode_connect(c.id, c.peer, c.local))
+            c.known = True
+            self._send_data(c)
+
+    def handler_lost(self, *, crashed: bool) -> list[Client]:
+        """The handler process is gone. Returns the clients quarantined
+        because their bytes were in flight at too many consecutive crashes."""
+        self.handler_up = False
+        self.outbox.clear()
+        self.outbox_size = 0
+        self.owed = 0
+        limit = self.settings.quarantine_after
+        quarantined = []
+        for c in self.clients.values():
+            if crashed:
+                if c.buffer.awaiting:
+                    c.strikes += 1
+                    if limit and c.strikes >= limit and c.closing is None:
+                        self.close(c, "quarantined")
+                        quarantined.append(c)
+                else:
+                    c.strikes = 0
+            c.buffer.rewind()
+            c.known = False
+        return quarantined
+
+    def tick(self) -> None:
+        if self.handler_up:
+            self._queue(TICK)
+
+    def handler_output(self, chunk: bytes) -> None:
+        """Bytes read from the handler's stdout."""
+        lines = self._lines.feed(chunk)
+        if self._lines.overlong:
+            for size in self._lines.overlong:
+                log.warning(
+                    "handler line dropped: longer than %d bytes (%d bytes)", MAX_HANDLER_LINE, size
+                )
+            self._lines.overlong.clear()
+        for line in lines:
+            self.handler_line(line)
+
+    def handler_line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        commands, errors = parse_line(line)
+        for err in errors:
+            if err.startswith("not JSON"):
+                log.warning("handler stdout is not protocol, dropped: %s", quote(line))
+            else:
+                log.warning("handler line dropped: %s: %s", err, quote(line))
+        for cmd in commands:
+            if type(cmd) is Write:
+                self._write(cmd, line)
+            elif type(cmd) is Consumed:
+                self._consumed(cmd, line)
+            else:
+                assert type(cmd) is Close
+                self._close(cmd, line)
+
+    # ------------------------------------------------------------ internals
+
+    def _queue(self, msg: bytes) -> None:
+        self.outbox.append(msg)
+        self.outbox_size += len(msg)
+
+    def _send_data(self, c: Client) -> None:
+        if not self.handler_up or c.closing is not None or self.hold:
+            return
+        msg = c.buffer.take_message()
+        if msg is not None:
+            self._queue(encode_data(c.id, msg[0], msg[1]))
+            self.owed += 1
+
+    def _lookup(self, cid: int, line: bytes, what: str) -> Client | None:
+        c = self.clients.get(cid)
+        if c is not None and c.known:
+            return c
+        if 0 < cid < self._next_id:
+            # A reply racing the client's disconnect is normal; a consumed for
+            # a gone client is the commonest case and not worth a line.
+            level = logging.DEBUG if what == "consumed" else logging.INFO
+            log.log(level, "handler %s for client %d dropped: client is closed: %s",
+                    what, cid, quote(line))
+        else:
+            log.warning("handler %s dropped: client id %d was never issued: %s",
+                        what, cid, quote(line))
+        return None
+
+    def _write(self, cmd: Write, line: bytes) -> None:
+        limit = self.settings.max_output
+        for cid in cmd.ids:
+            c = self._lookup(cid, line, "write")
+            if c is None:
+                continue
+            if c.closing == "closed" or c.closing == "slow":
+                log.info("handler write to client %d dropped: it asked to close it", cid)
+                continue
+            if len(c.out) + len(cmd.data) > limit:
+                log.warning(
+                    "client %d disconnected (slow): %d bytes of output queued, limit %d",
+                    cid, len(c.out) + len(cmd.data), limit,
+                )
+                self.close(c, "slow", drop_output=True)
+                continue
+            c.out += cmd.data
+            self.touched.add(c)
+
+    def _consumed(self, cmd: Consumed, line: bytes) -> None:
+        c = self._lookup(cmd.id, line, "consumed")
+        if c is None:
+            return
+        was_awaiting = c.buffer.awaiting
+        try:
+            c.buffer.consume(cmd.n)
+        except HandlerError as exc:
+            log.warning("handler line dropped: client %d: %s; disconnecting it (error): %s",
+                        cmd.id, exc, quote(line))
+            self.close(c, "error")
+            return
+        if was_awaiting:
+            self.owed -= 1
+        c.strikes = 0
+        if c.closing is None:
+            if c.buffer.overflowed:
+                log.info("client %d disconnected (overflow): %d bytes unconsumed",
+                         c.id, len(c.buffer))
+                self.close(c, "overflow")
+            elif c.buffer.finished:
+                self.close(c, "eof")
+            else:
+                self._send_data(c)
+        self.touched.add(c)
+
+    def _close(self, cmd: Close, line: bytes) -> None:
+        c = self._lookup(cmd.id, line, "close")
+        if c is not None:
+            self.close(c, "closed")

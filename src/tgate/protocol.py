@@ -1,0 +1,176 @@
+"""Handler protocol v1 codec: gateway messages out, handler lines in.
+
+Sans-IO: bytes in, bytes or commands out. The wire format is specified in
+docs/protocol.md. Client bytes travel as JSON strings of latin-1 code points,
+so one character is one byte and ASCII stays readable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+PROTOCOL_VERSION = 1
+
+#: A handler line longer than this is dropped (and the stream resynchronised
+#: at the next newline) instead of growing the gateway's memory without bound.
+MAX_HANDLER_LINE = 16 * 1024 * 1024
+
+_dumps = orjson.dumps
+_NL = orjson.OPT_APPEND_NEWLINE
+
+
+class HandlerError(Exception):
+    """The handler sent something invalid. The message says what; the caller
+    logs it with the offending line and drops that line (or element)."""
+
+
+# Commands, as small immutable tuples-with-names: the hot path builds one per
+# handler instruction, so they stay cheap.
+@dataclass(slots=True, frozen=True)
+class Consumed:
+    id: int
+    n: int
+
+
+@dataclass(slots=True, frozen=True)
+class Write:
+    ids: tuple[int, ...]
+    data: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class Close:
+    id: int
+
+
+Command = Consumed | Write | Close
+
+
+# ---------------------------------------------------------------- gateway -> handler
+
+
+def encode_hello(
+    *, tgate_version: str, framing: str, bufsize: int, max_bufsize: int, update_time: float
+) -> bytes:
+    return _dumps(
+        {
+            "op": "hello",
+            "protocol": PROTOCOL_VERSION,
+            "tgate": tgate_version,
+            "framing": framing,
+            "bufsize": bufsize,
+            "max_bufsize": max_bufsize,
+            "update_time": update_time,
+        },
+        option=_NL,
+    )
+
+
+def encode_connect(cid: int, peer: tuple[str, int], local: tuple[str, int]) -> bytes:
+    return _dumps({"op": "connect", "id": cid, "peer": peer, "local": local}, option=_NL)
+
+
+def encode_data(cid: int, data: bytes, eof: bool = False) -> bytes:
+    if eof:
+        msg = {"op": "data", "id": cid, "data": data.decode("latin-1"), "eof": True}
+        return _dumps(msg, option=_NL)
+    return _dumps({"op": "data", "id": cid, "data": data.decode("latin-1")}, option=_NL)
+
+
+def encode_disconnect(cid: int, reason: str) -> bytes:
+    return _dumps({"op": "disconnect", "id": cid, "reason": reason}, option=_NL)
+
+
+TICK = b'{"op":"tick"}\n'
+
+
+# ---------------------------------------------------------------- handler -> gateway
+
+
+def _client_id(obj: dict[str, object], key: str = "id") -> int:
+    cid = obj.get(key)
+    if type(cid) is not int:
+        if cid is None:
+            raise HandlerError(f"missing field {key!r}")
+        raise HandlerError(f"field {key!r} must be an integer client id, not {cid!r}")
+    return cid
+
+
+def _data(obj: dict[str, object]) -> bytes:
+    data = obj.get("data")
+    if type(data) is not str:
+        if data is None:
+            raise HandlerError("missing field 'data'")
+        raise HandlerError(f"field 'data' must be a string, not {type(data).__name__}")
+    try:
+        return data.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        bad = data[exc.start]
+        raise HandlerError(
+            f"'data' has code point U+{ord(bad):04X} at {exc.start}; "
+            "bytes are code points U+0000..U+00FF"
+        ) from None
+
+
+def parse_command(obj: object) -> Command:
+    """One handler instruction (a decoded JSON object) -> a Command.
+
+    Raises HandlerError naming what is wrong. Unknown extra fields are ignored.
+    """
+    if type(obj) is not dict:
+        raise HandlerError(f"expected a JSON object, got {type(obj).__name__}")
+    op = obj.get("op")
+    if op == "write":
+        data = _data(obj)
+        if "ids" in obj:
+            ids = obj["ids"]
+            if type(ids) is not list or any(type(i) is not int for i in ids):
+                raise HandlerError("field 'ids' must be a list of integer client ids")
+            return Write(tuple(ids), data)
+        return Write((_client_id(obj),), data)
+    if op == "consumed":
+        n = obj.get("n")
+        if type(n) is not int:
+            raise HandlerError(f"field 'n' must be an integer, not {n!r}")
+        return Consumed(_client_id(obj), n)
+    if op == "close":
+        return Close(_client_id(obj))
+    if op is None:
+        raise HandlerError("missing field 'op'")
+    raise HandlerError(f"unknown op {op!r}")
+
+
+def parse_line(line: bytes) -> tuple[list[Command], list[str]]:
+    """Decode one handler line (without its newline).
+
+    Returns the valid commands, in order, and a description of each invalid
+    part. A line that is not JSON, or not an object or array, yields no
+    command and one error. In an array, valid elements survive invalid ones.
+    """
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return [], ["not JSON (handler output on stdout?)"]
+    if type(obj) is list:
+        commands: list[Command] = []
+        errors: list[str] = []
+        for i, item in enumerate(obj):
+            try:
+                commands.append(parse_command(item))
+            except HandlerError as exc:
+                errors.append(f"element {i}: {exc}")
+        return commands, errors
+    try:
+        return [parse_command(obj)], []
+    except HandlerError as exc:
+        return [], [str(exc)]
+
+
+def quote(line: bytes | bytearray, limit: int = 200) -> str:
+    """A log-safe rendering of a line: repr, cut to `limit` bytes."""
+    if len(line) > limit:
+        return repr(bytes(line[:limit]))[:-1] + f"...' ({len(line)} bytes)"
+    return repr(bytes(line))
+

@@ -1,0 +1,549 @@
+"""The trio shell around the core: sockets, the handler's pipes, timers.
+
+One task per client reads its socket (it parks when the core says not to
+read: buffer full, output backlog, handler pipe full, shutdown). Output is
+written straight from whatever task produced it with non-blocking sends; only
+while a client's socket refuses more does a writer task exist for it. The
+handler's stdin gets one batched write per scheduling round.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from trio.lowlevel import (
+    Abort,
+    Task,
+    checkpoint,
+    current_task,
+    notify_closing,
+    reschedule,
+    wait_readable,
+    wait_task_rescheduled,
+    wait_writable,
+)
+
+from .core import Client, Core, Settings
+from .supervisor import (
+    STABLE_AFTER,
+    HandlerStartError,
+    describe_exit,
+    forward_stderr,
+    restart_delay,
+    spawn,
+    stop,
+)
+
+log = logging.getLogger("tgate")
+
+DEFAULT_LISTEN_COUNT = 10
+#: A first handler that dies this soon, before any client came, is a broken
+#: command line rather than a crash: tgate exits with an error.
+STARTUP_WINDOW = 1.0
+#: After an accept error like EMFILE, wait this long before accepting again.
+ACCEPT_ERROR_BACKOFF = 0.1
+#: Accept at most this many connections in a row before letting others run.
+ACCEPT_BATCH = 64
+HANDLER_READ_SIZE = 1 << 18
+_ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    handler: list[str]
+    host: str = "127.0.0.1"
+    port: int = 7000
+    listen_count: int = DEFAULT_LISTEN_COUNT
+    #: kill and restart a handler that owes replies and says nothing this long
+    handler_timeout: float = 10.0
+    #: at shutdown or reload, how long the handler may take to answer what it owes
+    shutdown_grace: float = 5.0
+    #: on a handler crash: "keep" the clients (replay) or "disconnect" them
+    on_crash: str = "keep"
+
+
+class ListenError(Exception):
+    """The listening socket cannot be set up (address in use, bad host...)."""
+
+
+class _Wake:
+    """One parked task, woken at most once: cheaper than an Event per wait."""
+
+    __slots__ = ("task",)
+
+    def __init__(self) -> None:
+        self.task: Task | None = None
+
+    async def wait(self) -> None:
+        self.task = current_task()
+
+        def abort(_: Any) -> Abort:
+            self.task = None
+            return Abort.SUCCEEDED
+
+        await wait_task_rescheduled(abort)
+
+    def wake(self) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            reschedule(task)
+
+
+class Conn:
+    """The I/O side of one client."""
+
+    __slots__ = ("client", "closed", "flushing", "reader", "sock")
+
+    def __init__(self, sock: socket.socket, client: Client) -> None:
+        self.sock = sock
+        self.client = client
+        self.reader = _Wake()
+        self.flushing = False
+        self.closed = False
+
+
+class Gateway:
+    """Accepts clients, runs the handler, and moves bytes between them.
+
+    ``serve()`` runs until ``stop()`` is called (then it shuts down in order:
+    see docs/protocol.md) or raises HandlerStartError when the handler
+    command cannot run at all. Sockets and the handler process are always
+    released when it returns, whatever the exit path.
+    """
+
+    def __init__(self, options: Options, settings: Settings | None = None) -> None:
+        self.options = options
+        self.core = Core(settings)
+        self.conns: set[Conn] = set()
+        self._parked: set[Conn] = set()
+        self._pipe_wake = _Wake()
+        self._changed = trio.Event()
+        self._stop_requested = trio.Event()
+        self._supervisor_done = trio.Event()
+        #: set when serve() has returned, whatever the exit path
+        self.stopped = trio.Event()
+        self._reload_requested = False
+        self._handler_cancel: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._last_output = 0.0
+        self._owed_since: float | None = None
+        self.restarts = 0
+        self.crashes = 0
+
+    # ------------------------------------------------------------ control
+
+    def stop(self) -> None:
+        """Begin an orderly shutdown (SIGINT/SIGTERM)."""
+        self._stop_requested.set()
+
+    def reload(self) -> None:
+        """Replace the handler with a freshly started one (SIGHUP)."""
+        self._reload_requested = True
+        self._pulse()
+
+    # ------------------------------------------------------------ main
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        lsock = self._listen()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self._supervise)
+                accept_scope = trio.CancelScope()
+                nursery.start_soon(self._accept_loop, lsock, accept_scope)
+                nursery.start_soon(self._ticker)
+                task_status.started(lsock.getsockname()[:2])
+                await self._stop_requested.wait()
+                accept_scope.cancel()
+                await self._shutdown()
+                nursery.cancel_scope.cancel()
+        finally:
+            lsock.close()
+            for conn in list(self.conns):
+                self._finish(conn, "shutdown")
+            self.stopped.set()
+
+    def _listen(self) -> socket.socket:
+        o = self.options
+        try:
+            infos = socket.getaddrinfo(
+                o.host, o.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            family, type_, proto, _, addr = infos[0]
+            lsock = socket.socket(family, type_, proto)
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {o.host}:{o.port}: {exc}") from None
+        try:
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            lsock.bind(addr)
+            lsock.listen(o.listen_count)
+            lsock.setblocking(False)
+        except OSError as exc:
+            lsock.close()
+            raise ListenError(f"cannot listen on {o.host}:{o.port}: {exc.strerror}") from None
+        return lsock
+
+    # ------------------------------------------------------------ clients
+
+    async def _accept_loop(self, lsock: socket.socket, scope: trio.CancelScope) -> None:
+        assert self._nursery is not None
+        core = self.core
+        with scope:
+            while True:
+                await wait_readable(lsock)
+                for _ in range(ACCEPT_BATCH):
+                    try:
+                        sock, _addr = lsock.accept()
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:
+                        # ServerLoop died on accept errors; we log and carry on.
+                        level = (
+                            logging.ERROR
+                            if exc.errno in _ACCEPT_RESOURCE_ERRORS
+                            else logging.WARNING
+                        )
+                        log.log(level, "accept failed: %s; retrying in %.1f s", exc,
+                                ACCEPT_ERROR_BACKOFF)
+                        await trio.sleep(ACCEPT_ERROR_BACKOFF)
+                        break
+                    try:
+                        sock.setblocking(False)
+                        if sock.family in (socket.AF_INET, socket.AF_INET6):
+                            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        peer = sock.getpeername()[:2]
+                        local = sock.getsockname()[:2]
+                    except OSError:  # reset before we looked at it
+                        sock.close()
+                        continue
+                    conn = Conn(sock, core.connect(peer, local))
+                    conn.client.io = conn
+                    self.conns.add(conn)
+                    log.debug("client %d connected from %s:%d", conn.client.id, *peer)
+                    self._nursery.start_soon(self._read_client, conn)
+                self._after()
+                await checkpoint()
+
+    async def _read_client(self, conn: Conn) -> None:
+        core = self.core
+        c = conn.client
+        sock = conn.sock
+        try:
+            while not conn.closed:
+                if not core.can_read(c):
+                    if c.closing is not None or c.buffer.eof:
+                        return
+                    self._parked.add(conn)
+                    try:
+                        await conn.reader.wait()
+                    finally:
+                        self._parked.discard(conn)
+                    continue
+                room = c.buffer.room()
+                try:
+                    data = sock.recv(room)
+                except BlockingIOError:
+                    await wait_readable(sock)
+                    continue
+                except OSError as exc:
+                    log.debug("client %d: read error: %s", c.id, exc)
+                    self._finish(conn, "reset")
+                    return
+                if not data:
+                    core.received_eof(c)
+                    self._after()
+                    return
+                core.received(c, data)
+                self._after()
+                if len(data) < room:
+                    # The socket is most likely drained: wait instead of
+                    # paying for a recv that fails with EAGAIN.
+                    await wait_readable(sock)
+                else:
+                    await checkpoint()
+        except trio.ClosedResourceError:
+            pass  # _finish closed the socket under our wait
+
+    def _service(self, c: Client) -> None:
+        """Act on a client the core touched: flush, close, or wake its reader."""
+        conn = c.io
+        assert isinstance(conn, Conn)
+        if conn.closed:
+            return
+        if c.out:
+            if not conn.flushing:
+                self._flush(conn)
+            return
+        if c.closing is not None:
+            self._finish(conn, c.closing)
+        elif conn.reader.task is not None and self.core.can_read(c):
+            conn.reader.wake()
+
+    def _flush(self, conn: Conn) -> None:
+        c = conn.client
+        out = c.out
+        try:
+            while out:
+                n = conn.sock.send(out)
+                del out[:n]
+        except BlockingIOError:
+            conn.flushing = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._flush_blocked, conn)
+            return
+        except OSError as exc:
+            log.debug("client %d: write error: %s", c.id, exc)
+            self._finish(conn, "reset")
+            return
+        self._service(c)
+
+    async def _flush_blocked(self, conn: Conn) -> None:
+        """Lives only while the client's socket refuses our output."""
+        c = conn.client
+        try:
+            while c.out and not conn.closed:
+                await wait_writable(conn.sock)
+                try:
+                    n = conn.sock.send(c.out)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    log.debug("client %d: write error: %s", c.id, exc)
+                    self._finish(conn, "reset")
+                    return
+                del c.out[:n]
+        except trio.ClosedResourceError:
+            return
+        finally:
+            conn.flushing = False
+        self._service(c)
+        self._pulse()
+
+    def _finish(self, conn: Conn, reason: str) -> None:
+        """Close the client's socket now and tell the core (and so the handler)."""
+        if conn.closed:
+            return
+        conn.closed = True
+        c = conn.client
+        log.debug("client %d disconnected (%s)", c.id, reason)
+        notify_closing(conn.sock)
+        conn.sock.close()
+        self.conns.discard(conn)
+        self.core.gone(c, reason)
+        conn.reader.wake()
+        self._after()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _after(self) -> None:
+        """Carry out what the core decided; called after every core event."""
+        core = self.core
+        if core.outbox_size:
+            self._pipe_wake.wake()
+        while core.touched:
+            touched = core.touched
+            core.touched = set()
+            for c in touched:
+                self._service(c)
+        if core.owed:
+            if self._owed_since is None:
+                self._owed_since = trio.current_time()
+        else:
+            self._owed_since = None
+        self._pulse()
+
+    def _pulse(self) -> None:
+        """Wake whoever waits for some state to change (shutdown, reload)."""
+        if self._changed.statistics().tasks_waiting:
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def _wait_until(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            await self._changed.wait()
+
+    def _wake_parked(self) -> None:
+        core = self.core
+        for conn in list(self._parked):
+            if core.can_read(conn.client):
+                conn.reader.wake()
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(self.core.settings.update_time)
+            self.core.tick()
+            self._after()
+
+    # ------------------------------------------------------------ the handler
+
+    async def _supervise(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the handler; when it dies, start another and replay to it."""
+        try:
+            await self._supervise_loop(self.options.handler, task_status)
+        finally:
+            self._supervisor_done.set()
+
+    async def _supervise_loop(self, argv: list[str], task_status: Any) -> None:
+        assert self._nursery is not None
+        core = self.core
+        first = True
+        consecutive = 0
+        while True:
+            proc = await spawn(argv)  # HandlerStartError on the first try ends serve()
+            started = trio.current_time()
+            log.info("handler started (pid %d): %s", proc.pid, " ".join(argv))
+            assert proc.stdout is not None and proc.stderr is not None
+            self._nursery.start_soon(forward_stderr, proc.stderr, proc.pid)
+            core.handler_started()
+            self._last_output = started
+            self._after()
+            if first:
+                task_status.started()
+            outcome = await self._run_handler(proc)
+            deliberate = outcome in ("reload", "shutdown")
+            quarantined = core.handler_lost(crashed=not deliberate)
+            await stop(proc)
+            if outcome == "shutdown":
+                return
+            if deliberate:
+                log.info("handler (pid %d) replaced", proc.pid)
+                consecutive = 0
+            else:
+                self.crashes += 1
+                lived = trio.current_time() - started
+                if first and lived < STARTUP_WINDOW and not core.ever_connected:
+                    raise HandlerStartError(
+                        f"handler {' '.join(argv)!r} {describe_exit(proc.returncode)} at once"
+                    )
+                consecutive = 1 if lived >= STABLE_AFTER else consecutive + 1
+                for c in quarantined:
+                    log.warning("client %d disconnected (quarantined): its bytes were in flight "
+                                "at %d consecutive handler crashes", c.id, c.strikes)
+                if self.options.on_crash == "disconnect":
+                    for c in list(core.clients.values()):
+                        core.close(c, "reset")
+                delay = restart_delay(consecutive)
+                log.error("handler (pid %d) %s (%s); %d live clients kept; restarting in %.2f s "
+                          "(crash %d in a row)", proc.pid, describe_exit(proc.returncode),
+                          outcome, len(core.clients), delay, consecutive)
+                self._after()
+                await trio.sleep(delay)
+            self.restarts += 1
+            first = False
+
+    async def _run_handler(self, proc: trio.Process) -> str:
+        """Pump the pipes until the handler dies, hangs, or must be replaced.
+
+        Returns why it ended: "exit", "stdout closed", "hung", "reload" or
+        "shutdown".
+        """
+        outcome: str | None = None
+        async with trio.open_nursery() as nursery:
+
+            def done(why: str) -> None:
+                nonlocal outcome
+                outcome = why
+                nursery.cancel_scope.cancel()
+
+            async def read_stdout() -> None:
+                assert proc.stdout is not None
+                core = self.core
+                while True:
+                    try:
+                        chunk = await proc.stdout.receive_some(HANDLER_READ_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        chunk = b""
+                    if not chunk:
+                        done("exit" if proc.returncode is not None else "stdout closed")
+                        return
+                    self._last_output = trio.current_time()
+                    core.handler_output(bytes(chunk))
+                    self._after()
+
+            async def write_stdin() -> None:
+                assert proc.stdin is not None
+                core = self.core
+                while True:
+                    if not core.outbox_size:
+                        await self._pipe_wake.wait()
+                        continue
+                    was_full = core.pipe_full
+                    try:
+                        await proc.stdin.send_all(core.take_outbox())
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return  # it died; read_stdout sees the EOF
+                    if was_full:
+                        self._wake_parked()
+
+            async def watch_exit() -> None:
+                await proc.wait()
+                # Let stdout drain what the handler wrote before dying.
+                await trio.sleep(1.0)
+                done("exit")
+
+            async def watch_hang() -> None:
+                timeout = self.options.handler_timeout
+                while True:
+                    await trio.sleep(min(1.0, timeout / 4))
+                    since = self._owed_since
+                    if since is None or not self.core.owed:
+                        continue
+                    silent = trio.current_time() - max(since, self._last_output)
+                    if silent >= timeout:
+                        log.error("handler (pid %d) hung: owes %d replies, silent for %.1f s; "
+                                  "killing it", proc.pid, self.core.owed, silent)
+                        done("hung")
+                        return
+
+            async def watch_requests() -> None:
+                await self._wait_until(
+                    lambda: self._reload_requested or self._stop_requested.is_set()
+                )
+                if self._stop_requested.is_set():
+                    # _shutdown drains the handler, then cancels us.
+                    await trio.sleep_forever()
+                self._reload_requested = False
+                log.info("reload: handler (pid %d) gets %.1f s to answer %d owed replies",
+                         proc.pid, self.options.shutdown_grace, self.core.owed)
+                self.core.hold = True
+                with trio.move_on_after(self.options.shutdown_grace):
+                    await self._wait_until(lambda: not self.core.owed)
+                done("reload")
+
+            self._handler_cancel = nursery.cancel_scope
+            nursery.start_soon(read_stdout)
+            nursery.start_soon(write_stdin)
+            nursery.start_soon(watch_exit)
+            if self.options.handler_timeout > 0:
+                nursery.start_soon(watch_hang)
+            nursery.start_soon(watch_requests)
+        self._handler_cancel = None
+        return outcome or "shutdown"
+
+    async def _shutdown(self) -> None:
+        core = self.core
+        grace = self.options.shutdown_grace
+        log.info("shutting down: %d clients, %d replies owed", len(core.clients), core.owed)
+        core.stopping = True
+        core.hold = True
+        with trio.move_on_after(grace):
+            await self._wait_until(lambda: not core.owed or not core.handler_up)
+        with trio.move_on_after(grace):
+            await self._wait_until(lambda: not any(c.out for c in core.clients.values()))
+        for conn in list(self.conns):
+            self._finish(conn, "shutdown")
+        # Let the handler read the disconnects before its stdin closes.
+        with trio.move_on_after(grace):
+            await self._wait_until(lambda: not core.outbox_size or not core.handler_up)
+        if self._handler_cancel is not None:
+            self._handler_cancel.cancel()
+        # _supervise sees "shutdown", stops the handler (close stdin, grace,
+        # SIGTERM, grace, SIGKILL) and returns.
+        await self._supervisor_done.wait()
