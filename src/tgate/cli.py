@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=7000, help="TCP port (0: pick a free one)")
     p.add_argument("--listen-count", type=_positive_int, default=DEFAULT_LISTEN_COUNT,
-                   help="listen backlog (ServerLoop's listenCount)")
+                   help="listen backlog (ServerLoop's listenCount; its default of 10 makes Linux "
+                   "reset connections in a burst of connects, so tgate uses Redis's 511)")
     p.add_argument("--update-time", type=_positive_float, default=1.0,
                    help="seconds between ticks sent to the handler (ServerLoop's update())")
     p.add_argument("--bufsize", type=_positive_int, default=DEFAULT_BUFSIZE,

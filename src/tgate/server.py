@@ -42,7 +42,9 @@ from .supervisor import (
 
 log = logging.getLogger("tgate")
 
-DEFAULT_LISTEN_COUNT = 10
+#: ServerLoop's listenCount is 10, but on Linux a burst of a hundred connects
+#: then gets connections reset; 511 is Redis's and nginx's default backlog.
+DEFAULT_LISTEN_COUNT = 511
 #: A first handler that dies this soon, before any client came, is a broken
 #: command line rather than a crash: tgate exits with an error.
 STARTUP_WINDOW = 1.0
@@ -51,6 +53,8 @@ ACCEPT_ERROR_BACKOFF = 0.1
 #: Accept at most this many connections in a row before letting others run.
 ACCEPT_BATCH = 64
 HANDLER_READ_SIZE = 1 << 18
+#: At most this many 64 KiB reads of unprocessed input are drained at close.
+DISCARD_READS = 16
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
@@ -66,6 +70,21 @@ class Options:
     shutdown_grace: float = 5.0
     #: on a handler crash: "keep" the clients (replay) or "disconnect" them
     on_crash: str = "keep"
+
+
+def _discard_input(sock: socket.socket) -> None:
+    """Read and drop what the client sent that nobody will process.
+
+    Closing a socket with unread input makes the kernel send RST, and a
+    client receiving RST may discard our last reply (a 413, a QUIT's +OK)
+    before its application reads it.
+    """
+    try:
+        for _ in range(DISCARD_READS):
+            if not sock.recv(65536):
+                return
+    except OSError:  # EAGAIN: drained; anything else: nothing left to save
+        return
 
 
 class ListenError(Exception):
@@ -136,6 +155,8 @@ class Gateway:
         self._owed_since: float | None = None
         self.restarts = 0
         self.crashes = 0
+        #: pid of the running handler process, if any
+        self.handler_pid: int | None = None
 
     # ------------------------------------------------------------ control
 
@@ -333,8 +354,11 @@ class Gateway:
         conn.closed = True
         c = conn.client
         log.debug("client %d disconnected (%s)", c.id, reason)
-        notify_closing(conn.sock)
-        conn.sock.close()
+        sock = conn.sock
+        notify_closing(sock)
+        if reason != "reset":
+            _discard_input(sock)
+        sock.close()
         self.conns.discard(conn)
         self.core.gone(c, reason)
         conn.reader.wake()
@@ -398,6 +422,7 @@ class Gateway:
         while True:
             proc = await spawn(argv)  # HandlerStartError on the first try ends serve()
             started = trio.current_time()
+            self.handler_pid = proc.pid
             log.info("handler started (pid %d): %s", proc.pid, " ".join(argv))
             assert proc.stdout is not None and proc.stderr is not None
             self._nursery.start_soon(forward_stderr, proc.stderr, proc.pid)
@@ -410,6 +435,7 @@ class Gateway:
             deliberate = outcome in ("reload", "shutdown")
             quarantined = core.handler_lost(crashed=not deliberate)
             await stop(proc)
+            self.handler_pid = None
             if outcome == "shutdown":
                 return
             if deliberate:

@@ -1,0 +1,161 @@
+// Hand-written types for tgate-handler (index.js): the Node adapter for
+// tgate's handler protocol, version 1 (docs/protocol.md).
+
+/// <reference types="node" />
+
+import type { Buffer } from 'node:buffer';
+import type { Readable, Writable } from 'node:stream';
+
+/** Bytes for a client: Buffer/Uint8Array/ArrayBuffer as is, a string as its UTF-8 bytes. */
+export type Bytes = Buffer | Uint8Array | ArrayBufferView | ArrayBuffer | string;
+
+/** `[host, port]` as tgate reports it. */
+export type Address = [host: string, port: number];
+
+/**
+ * Disconnect reasons of protocol v1. Treat a reason you do not know like `reset`
+ * (later versions may add some).
+ */
+export type DisconnectReason =
+  | 'eof'
+  | 'reset'
+  | 'overflow'
+  | 'closed'
+  | 'shutdown'
+  | 'error'
+  | 'quarantined'
+  | 'slow'
+  | 'idle'
+  | (string & {});
+
+/** The first message tgate sends. */
+export interface Hello {
+  op: 'hello';
+  protocol: number;
+  tgate: string;
+  framing: string;
+  bufsize: number;
+  max_bufsize: number;
+  /** Seconds between ticks (calls to update()). */
+  update_time: number;
+  [field: string]: unknown;
+}
+
+/** One TCP client. Created by the loop when tgate sends `connect`; do not construct. */
+export class Client<State = unknown> {
+  private constructor();
+  /** Positive integer, never reused while tgate runs. */
+  readonly id: number;
+  /** Remote address. */
+  readonly peer: Address;
+  /** Local (listening) address. */
+  readonly local: Address;
+  /** What clientConnected() returned: your per-client state. */
+  data: State;
+  /** True once the client has half-closed: the bytes being processed are its last. */
+  readonly eof: boolean;
+  /** Why the client went away; set just before clientDisconnected(). */
+  readonly reason: DisconnectReason | undefined;
+  /** True once close() was called or the client disconnected; write() is then ignored. */
+  readonly closed: boolean;
+  /** Queue bytes for this client. Ignored once the client is closed or gone. */
+  write(data: Bytes): void;
+  /** Close the client once its queued writes are sent (a `disconnect` with reason `closed` follows). */
+  close(): void;
+  /** `client 3 (127.0.0.1:40312)` */
+  toString(): string;
+}
+
+/** Names of the handler code hooks, as passed to onError(). */
+export type HookName =
+  | 'clientConnected'
+  | 'processClientData'
+  | 'clientDisconnected'
+  | 'update';
+
+/** The hooks; any subset may be passed to the ServerLoop constructor. */
+export interface Hooks<State = unknown> {
+  /** A client connected (it is already in `clients`). The return value becomes client.data. Throwing closes the client. */
+  clientConnected?(this: ServerLoop<State>, client: Client<State>): State;
+  /**
+   * Handle the front of `buf`, ALL of this client's unconsumed bytes, and return
+   * how many bytes were handled: an integer from 0 to buf.length (0 = incomplete,
+   * wait for more bytes). Called again while it returns > 0 and bytes remain.
+   * Must be synchronous. Throwing or returning anything else reports the error
+   * through onError() and closes this client only.
+   */
+  processClientData?(this: ServerLoop<State>, client: Client<State>, buf: Buffer): number;
+  /** The client is gone (client.reason says why; it has left `clients`). Called exactly once. */
+  clientDisconnected?(this: ServerLoop<State>, client: Client<State>): void;
+  /** Called on each `tick` (every hello.update_time seconds). */
+  update?(this: ServerLoop<State>): void;
+  /**
+   * Handler code failed. When `hook` is clientConnected or processClientData the
+   * client has been closed. Default: one line naming the client, then the stack, on stderr.
+   */
+  onError?(this: ServerLoop<State>, err: unknown, client: Client<State> | null, hook: HookName): void;
+}
+
+export interface RunOptions {
+  /** Where tgate's messages come from. Default: process.stdin. */
+  stdin?: Readable | AsyncIterable<Buffer | Uint8Array | string>;
+  /** Where the answers go. Default: process.stdout. */
+  stdout?: Writable;
+  /** Where errors are reported (and, with the real stdout, the console goes). Default: process.stderr. */
+  stderr?: Writable;
+  /** Longest output line; longer groups are split (losing atomicity). Default: 16 MiB, tgate's limit. */
+  maxLineBytes?: number;
+  /**
+   * Once stdin has ended and output is flushed, call process.exit() after this
+   * many ms if handler code left timers or sockets keeping the process alive
+   * (the timer is unref'd and never delays a natural exit). `null` disables it.
+   * Default: 1000 when stdin is process.stdin, else null.
+   */
+  exitTimeout?: number | null;
+}
+
+/**
+ * Haxe's neko.net.ServerLoop over tgate's pipe. Subclass it and override the
+ * hooks, or pass them to the constructor.
+ *
+ * Every `data` message gets exactly one `consumed` reply, in one line (a JSON
+ * array) with the writes, broadcasts and closes produced while handling it, so
+ * that tgate applies them atomically. All the output of one stdin chunk goes
+ * out in one stdout write.
+ *
+ * **Stdout carries protocol lines only.** When run() uses the real
+ * process.stdout, it routes the global console (log, info, debug, warn, dir,
+ * table, ...) to stderr for the rest of the process, so a stray console.log
+ * cannot corrupt the stream. Writing to process.stdout directly is not caught.
+ */
+export class ServerLoop<State = unknown> {
+  constructor(hooks?: Hooks<State>);
+  /** Live clients by id, in connection order. Do not modify. */
+  readonly clients: Map<number, Client<State>>;
+  /** tgate's `hello` message, once received. */
+  readonly hello: Hello | null;
+
+  clientConnected(client: Client<State>): State;
+  processClientData(client: Client<State>, buf: Buffer): number;
+  clientDisconnected(client: Client<State>): void;
+  update(): void;
+  onError(err: unknown, client: Client<State> | null, hook: HookName): void;
+
+  /**
+   * Send the same bytes to several clients in one `write` line with `ids`.
+   * Closed, gone and duplicate clients are skipped; a Map (e.g. `this.clients`)
+   * is iterated by its values.
+   */
+  broadcast(clients: Iterable<Client<State> | number> | Map<number, Client<State>>, data: Bytes): void;
+
+  /**
+   * Serve until stdin ends. Resolves once all output is flushed; rejects if
+   * stdin or stdout fails (e.g. EPIPE when tgate is gone).
+   */
+  run(options?: RunOptions): Promise<void>;
+
+  /** @internal */
+  _write(client: Client<State>, data: Bytes): void;
+  /** @internal */
+  _close(client: Client<State>): void;
+}

@@ -1,0 +1,579 @@
+// tgate-handler: the Node adapter for tgate's handler protocol, version 1
+// (docs/protocol.md). One file, no dependencies, Node 20+.
+//
+// It is Haxe's neko.net.ServerLoop carried across a pipe: tgate holds the TCP
+// sockets and sends each client's new bytes on our stdin as JSON lines; this
+// module keeps a mirror of every client's unconsumed bytes, calls your
+// processClientData(client, buf) in a loop, and answers on stdout with one
+// `consumed` per `data`, in the same line (a JSON array) as the writes,
+// broadcasts and closes your code produced while handling it, so tgate applies
+// them atomically (exact replay across handler restarts).
+//
+//   import { ServerLoop } from 'tgate-handler';
+//   class Echo extends ServerLoop {
+//     processClientData(client, buf) { client.write(buf); return buf.length; }
+//   }
+//   await new Echo().run();
+//
+// Stdout carries protocol lines only. When run() writes to the real
+// process.stdout it re-routes the global console (console.log, info, debug,
+// warn, dir, table, ...) to stderr, so a stray console.log cannot corrupt the
+// stream; tgate passes stderr through to its own. Writing to process.stdout
+// directly is still your bug.
+
+import { Buffer } from 'node:buffer';
+import { Console } from 'node:console';
+import { inspect } from 'node:util';
+
+const NL = 0x0a;
+const EMPTY = Buffer.alloc(0);
+/** Longest line tgate accepts from a handler (docs/protocol.md). */
+const MAX_LINE_BYTES = 16 * 1024 * 1024;
+const HOOKS = [
+  'clientConnected',
+  'processClientData',
+  'clientDisconnected',
+  'update',
+  'onError',
+];
+// Per-client state the loop keeps out of the public surface.
+const LOOP = Symbol('tgate.loop');
+const MIRROR = Symbol('tgate.mirror');
+
+/** Bytes (Buffer, any ArrayBufferView, ArrayBuffer) or a string (UTF-8) to a latin-1 wire string. */
+function toWire(data) {
+  if (typeof data === 'string') return Buffer.from(data, 'utf8').toString('latin1');
+  if (Buffer.isBuffer(data)) return data.toString('latin1');
+  if (ArrayBuffer.isView(data)) {
+    return Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('latin1');
+  }
+  if (data instanceof ArrayBuffer) return Buffer.from(data).toString('latin1');
+  throw new TypeError(
+    `write() takes a Buffer, Uint8Array or string, not ${inspect(data, { depth: 0 })}`,
+  );
+}
+
+/** A stdin chunk (Buffer, other Uint8Array, or string from an object-mode stream) as a Buffer. */
+function toBuffer(chunk) {
+  if (Buffer.isBuffer(chunk)) return chunk;
+  if (typeof chunk === 'string') return Buffer.from(chunk, 'utf8');
+  return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+}
+
+function peerString(addr) {
+  if (!Array.isArray(addr) || addr.length < 2) return '?';
+  const host = String(addr[0]);
+  return host.includes(':') ? `[${host}]:${addr[1]}` : `${host}:${addr[1]}`;
+}
+
+function serialize(cmd) {
+  switch (cmd.op) {
+    case 'write': {
+      const data = cmd.parts.length === 1 ? cmd.parts[0] : cmd.parts.join('');
+      return cmd.ids
+        ? JSON.stringify({ op: 'write', ids: cmd.ids, data })
+        : JSON.stringify({ op: 'write', id: cmd.id, data });
+    }
+    case 'consumed':
+      return `{"op":"consumed","id":${cmd.id},"n":${cmd.n}}`;
+    default:
+      return JSON.stringify({ op: cmd.op, id: cmd.id });
+  }
+}
+
+function sameIds(a, b) {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Route every output method of the global console to `stream`. */
+function redirectConsole(stream) {
+  const c = new Console({ stdout: stream, stderr: stream });
+  for (const key of Object.keys(Console.prototype)) {
+    if (typeof c[key] === 'function') globalThis.console[key] = c[key].bind(c);
+  }
+}
+
+/** One TCP client, as tgate describes it. Created by the loop on `connect`. */
+export class Client {
+  constructor(loop, id, peer, local) {
+    /** Positive integer, never reused while tgate runs. */
+    this.id = id;
+    /** [host, port] of the remote end. */
+    this.peer = peer;
+    /** [host, port] of the listening socket. */
+    this.local = local;
+    /** Whatever clientConnected() returned: your per-client state. */
+    this.data = undefined;
+    /** True once the client has half-closed: the current data is its last. */
+    this.eof = false;
+    /** The disconnect reason (`eof`, `reset`, `closed`, ...), set on disconnect. */
+    this.reason = undefined;
+    /** True once close() was called or the client disconnected: writes are ignored. */
+    this.closed = false;
+    Object.defineProperty(this, LOOP, { value: loop });
+    Object.defineProperty(this, MIRROR, { value: EMPTY, writable: true });
+  }
+
+  /** Queue bytes for this client (Buffer/Uint8Array as is, string as UTF-8). */
+  write(data) {
+    this[LOOP]._write(this, data);
+  }
+
+  /** Close this client once its queued writes are sent. */
+  close() {
+    this[LOOP]._close(this);
+  }
+
+  toString() {
+    return `client ${this.id} (${peerString(this.peer)})`;
+  }
+}
+
+export class ServerLoop {
+  /** Live clients by id, in connection order (a client is removed before clientDisconnected). */
+  clients = new Map();
+  /** The `hello` message, once received. */
+  hello = null;
+
+  #pending = []; // commands not yet in a line: {op, id, ids, parts, n}
+  #lines = []; // serialized lines of this turn
+  #current = null; // the client whose data is being processed
+  #deferredClose = null; // its close, which goes after its consumed
+  #partial = []; // pieces of the incomplete trailing input line
+  #inTurn = false;
+  #running = false;
+  #stdout = null;
+  #stderr = process.stderr;
+  #maxLine = MAX_LINE_BYTES;
+  #lastWrite = null;
+  #blocked = false; // the last stdout.write() returned false
+  #immediate = null;
+
+  /**
+   * @param hooks optional functions overriding the methods of the same name:
+   *   clientConnected, processClientData, clientDisconnected, update, onError.
+   */
+  constructor(hooks = undefined) {
+    if (hooks == null) return;
+    for (const [key, fn] of Object.entries(hooks)) {
+      if (!HOOKS.includes(key)) {
+        throw new TypeError(`ServerLoop: unknown hook ${JSON.stringify(key)} (known: ${HOOKS.join(', ')})`);
+      }
+      if (typeof fn !== 'function') throw new TypeError(`ServerLoop: hook ${key} must be a function`);
+      this[key] = fn;
+    }
+  }
+
+  // ---- hooks: override these --------------------------------------------
+
+  /** A client connected. The return value becomes client.data. */
+  clientConnected(client) {
+    return undefined;
+  }
+
+  /**
+   * Handle the front of `buf` (all of this client's unconsumed bytes) and
+   * return how many bytes were handled: an integer 0..buf.length, 0 meaning
+   * "incomplete, wait for more". Called again while it returns > 0 and bytes
+   * remain. Must be synchronous.
+   */
+  processClientData(client, buf) {
+    throw new Error('processClientData is not implemented: override it or pass it to the constructor');
+  }
+
+  /** The client is gone (client.reason says why). Called exactly once. */
+  clientDisconnected(client) {}
+
+  /** Called on each tick (every update_time seconds). */
+  update() {}
+
+  /**
+   * Handler code failed. `hook` names the hook that threw or returned an
+   * invalid value; when it is clientConnected or processClientData the client
+   * has been closed. Default: one line naming the client, then the stack, on stderr.
+   */
+  onError(err, client, hook) {
+    const who = client ? String(client) : 'no client';
+    const closing =
+      client && (hook === 'clientConnected' || hook === 'processClientData')
+        ? `; closing client ${client.id}`
+        : '';
+    const first = err instanceof Error ? `${err.name}: ${err.message}` : inspect(err);
+    const stack = err instanceof Error && err.stack ? err.stack : inspect(err);
+    this.#stderr.write(
+      `tgate-handler: ${hook ?? 'handler'} failed for ${who}${closing}: ${first.split('\n')[0]}\n${stack}\n`,
+    );
+  }
+
+  // ---- commands ------------------------------------------------------------
+
+  /** The same bytes to several clients, in one `write` line with `ids`. */
+  broadcast(clients, data) {
+    const iter = clients instanceof Map ? clients.values() : clients;
+    if (iter == null || typeof iter[Symbol.iterator] !== 'function') {
+      throw new TypeError('broadcast(clients, data): clients must be an iterable of Client or id');
+    }
+    const s = toWire(data);
+    const seen = new Set();
+    for (const c of iter) {
+      const client =
+        c instanceof Client ? c : typeof c === 'number' ? this.clients.get(c) : undefined;
+      if (client === undefined && !(c instanceof Client) && typeof c !== 'number') {
+        throw new TypeError(`broadcast: not a Client or id: ${inspect(c, { depth: 0 })}`);
+      }
+      if (client && !client.closed && client[LOOP] === this) seen.add(client.id);
+    }
+    if (seen.size === 0 || s.length === 0) return;
+    const ids = [...seen];
+    const last = this.#pending[this.#pending.length - 1];
+    if (last && last.op === 'write' && last.ids && sameIds(last.ids, ids)) last.parts.push(s);
+    else this.#pending.push({ op: 'write', ids, parts: [s] });
+    this.#schedule();
+  }
+
+  /** @internal use client.write() */
+  _write(client, data) {
+    if (client.closed || client[LOOP] !== this) return;
+    const s = toWire(data);
+    if (s.length === 0) return;
+    const last = this.#pending[this.#pending.length - 1];
+    if (last && last.op === 'write' && !last.ids && last.id === client.id) last.parts.push(s);
+    else this.#pending.push({ op: 'write', id: client.id, parts: [s] });
+    this.#schedule();
+  }
+
+  /** @internal use client.close() */
+  _close(client) {
+    if (client.closed || client[LOOP] !== this) return;
+    client.closed = true;
+    const cmd = { op: 'close', id: client.id };
+    // A close of the client being processed goes after its `consumed`.
+    if (client === this.#current) this.#deferredClose = cmd;
+    else {
+      this.#pending.push(cmd);
+      this.#schedule();
+    }
+  }
+
+  // ---- the loop --------------------------------------------------------------
+
+  /**
+   * Serve: read tgate's messages from stdin until it ends, answer on stdout.
+   * Resolves once stdin has ended and all output is flushed.
+   */
+  async run({
+    stdin = process.stdin,
+    stdout = process.stdout,
+    stderr = process.stderr,
+    maxLineBytes = MAX_LINE_BYTES,
+    exitTimeout = stdin === process.stdin ? 1000 : null,
+  } = {}) {
+    if (this.#running) throw new Error('ServerLoop.run: already running');
+    this.#running = true;
+    this.#stdout = stdout;
+    this.#stderr = stderr;
+    this.#maxLine = maxLineBytes;
+    // Protocol lines only on stdout: the console goes to stderr.
+    if (stdout === process.stdout) redirectConsole(stderr);
+
+    let outError = null;
+    const onOutError = (err) => {
+      outError ??= err;
+      // Nobody reads our answers any more: stop reading questions.
+      if (this.#running && typeof stdin.destroy === 'function') stdin.destroy(err);
+    };
+    stdout.on('error', onOutError);
+    try {
+      for await (const chunk of stdin) {
+        this.#turn(toBuffer(chunk));
+        if (outError) throw outError;
+        // Backpressure: read no more input until tgate has taken our output.
+        if (stdout.writableNeedDrain ?? this.#blocked) await waitDrain(stdout);
+      }
+      // Lenient: a last line without its newline is still a line.
+      if (this.#partial.length) this.#turn(Buffer.from('\n'));
+      this.#flush();
+      if (this.#lastWrite) await this.#lastWrite;
+      if (outError) throw outError;
+    } finally {
+      if (this.#immediate) clearImmediate(this.#immediate);
+      this.#immediate = null;
+      this.#running = false;
+      this.#lastWrite = null;
+      if (stdout !== process.stdout) stdout.off('error', onOutError);
+      // (process.stdout keeps the listener: a late EPIPE must not crash us.)
+    }
+    // Handler code may have left timers or sockets open; tgate expects the
+    // process to exit promptly once stdin ends. The timer is unref'd: it never
+    // keeps the process alive by itself.
+    if (exitTimeout != null) setTimeout(() => process.exit(), exitTimeout).unref();
+  }
+
+  /** One stdin chunk: every complete line, then ONE stdout write. */
+  #turn(chunk) {
+    if (this.#immediate) {
+      clearImmediate(this.#immediate);
+      this.#immediate = null;
+    }
+    this.#inTurn = true;
+    try {
+      let start = 0;
+      let nl = chunk.indexOf(NL); // new bytes only: the partial line was scanned already
+      while (nl !== -1) {
+        let line;
+        if (this.#partial.length) {
+          this.#partial.push(chunk.subarray(start, nl));
+          line = Buffer.concat(this.#partial);
+          this.#partial = [];
+        } else {
+          line = chunk.subarray(start, nl);
+        }
+        this.#line(line);
+        start = nl + 1;
+        nl = chunk.indexOf(NL, start);
+      }
+      if (start < chunk.length) this.#partial.push(start === 0 ? chunk : chunk.subarray(start));
+    } finally {
+      this.#inTurn = false;
+    }
+    this.#flush();
+  }
+
+  #line(bytes) {
+    let m;
+    try {
+      const text = bytes.toString('utf8');
+      if (text.trim() === '') return;
+      m = JSON.parse(text);
+    } catch (err) {
+      this.#stderr.write(`tgate-handler: ignoring an input line that is not JSON: ${err.message}\n`);
+      return;
+    }
+    if (m === null || typeof m !== 'object' || Array.isArray(m)) return;
+    switch (m.op) {
+      case 'data':
+        return this.#onData(m);
+      case 'connect':
+        return this.#onConnect(m);
+      case 'disconnect':
+        return this.#onDisconnect(m);
+      case 'tick':
+        return this.#guard(null, 'update', () => this.update());
+      case 'hello':
+        if (this.hello === null) this.hello = m;
+        return;
+      default:
+        return; // unknown ops are for later versions
+    }
+  }
+
+  #onConnect(m) {
+    if (typeof m.id !== 'number' || this.clients.has(m.id)) return;
+    const client = new Client(this, m.id, m.peer, m.local);
+    this.clients.set(m.id, client);
+    this.#guard(client, 'clientConnected', () => {
+      client.data = this.clientConnected(client);
+    });
+  }
+
+  #onData(m) {
+    const id = m.id;
+    if (typeof id !== 'number') return; // malformed: there is nobody to answer
+    const client = this.clients.get(id);
+    let n = 0;
+    if (client === undefined) {
+      this.#stderr.write(`tgate-handler: data for unknown client ${JSON.stringify(id)}; closing it\n`);
+      this.#deferredClose = { op: 'close', id };
+    } else {
+      if (m.eof === true) client.eof = true;
+      if (!client.closed) {
+        const bytes = typeof m.data === 'string' ? Buffer.from(m.data, 'latin1') : EMPTY;
+        const held = client[MIRROR];
+        client[MIRROR] =
+          held.length === 0 ? bytes : bytes.length === 0 ? held : Buffer.concat([held, bytes]);
+        n = this.#process(client);
+      }
+      // After eof, unconsumed bytes are discarded by tgate; so are a closed client's.
+      if (client.eof || client.closed) client[MIRROR] = EMPTY;
+    }
+    const cmds = this.#pending;
+    this.#pending = [];
+    cmds.push({ op: 'consumed', id, n });
+    if (this.#deferredClose) {
+      cmds.push(this.#deferredClose);
+      this.#deferredClose = null;
+    }
+    this.#emit(cmds);
+  }
+
+  /** ServerLoop's loop over one client's mirror; returns the bytes consumed. */
+  #process(client) {
+    let buf = client[MIRROR];
+    let total = 0;
+    this.#current = client;
+    try {
+      while (buf.length > 0 && !client.closed) {
+        let r;
+        try {
+          r = this.processClientData(client, buf);
+        } catch (err) {
+          this.#fail(err, client, 'processClientData');
+          break;
+        }
+        if (!(Number.isInteger(r) && r >= 0 && r <= buf.length)) {
+          this.#fail(badReturn(r, buf.length), client, 'processClientData');
+          break;
+        }
+        if (r === 0) break;
+        total += r;
+        buf = buf.subarray(r);
+      }
+    } finally {
+      this.#current = null;
+    }
+    client[MIRROR] = buf;
+    return total;
+  }
+
+  #onDisconnect(m) {
+    const client = this.clients.get(m.id);
+    if (client === undefined) return;
+    this.clients.delete(m.id);
+    client.closed = true;
+    client.reason = typeof m.reason === 'string' ? m.reason : 'reset';
+    client[MIRROR] = EMPTY;
+    this.#guard(client, 'clientDisconnected', () => this.clientDisconnected(client));
+  }
+
+  /** Run handler code; report an exception, and for clientConnected close the client. */
+  #guard(client, hook, fn) {
+    try {
+      fn();
+    } catch (err) {
+      if (hook === 'clientConnected') this.#fail(err, client, hook);
+      else this.#report(err, client, hook);
+    }
+  }
+
+  #fail(err, client, hook) {
+    this.#report(err, client, hook);
+    this._close(client);
+  }
+
+  #report(err, client, hook) {
+    try {
+      this.onError(err, client, hook);
+    } catch (err2) {
+      this.#stderr.write(
+        `tgate-handler: onError failed too: ${err2 instanceof Error ? err2.stack : inspect(err2)}\n`,
+      );
+    }
+  }
+
+  // ---- output --------------------------------------------------------------
+
+  /** Commands not tied to a data message (connect, tick, disconnect, async code) close the turn. */
+  #flush() {
+    if (this.#pending.length) {
+      const cmds = this.#pending;
+      this.#pending = [];
+      this.#emit(cmds);
+    }
+    if (this.#lines.length === 0 || this.#stdout === null) return;
+    const out = this.#lines.join('\n') + '\n';
+    this.#lines = [];
+    this.#lastWrite = new Promise((resolve) => {
+      this.#blocked = !this.#stdout.write(out, () => resolve());
+    });
+  }
+
+  /** Writes from code running outside a turn (timers, promises) go out once per event-loop turn. */
+  #schedule() {
+    if (this.#inTurn || !this.#running || this.#immediate) return;
+    this.#immediate = setImmediate(() => {
+      this.#immediate = null;
+      if (this.#running && !this.#inTurn) this.#flush();
+    });
+  }
+
+  /** Serialize one atomic group of commands as one line (an object, or an array of them). */
+  #emit(cmds) {
+    const parts = cmds.map(serialize);
+    const line = parts.length === 1 ? parts[0] : `[${parts.join(',')}]`;
+    // JSON of latin-1 strings is at most 2 UTF-8 bytes per UTF-16 unit.
+    if (line.length * 2 < this.#maxLine || Buffer.byteLength(line) < this.#maxLine) {
+      this.#lines.push(line);
+    } else {
+      this.#splitLine(cmds);
+    }
+  }
+
+  /**
+   * A group too long for one line (tgate's limit is 16 MiB): split it into
+   * lines under the limit, cutting oversized writes into pieces, `consumed`
+   * still last. Only such huge groups lose their atomicity.
+   */
+  #splitLine(cmds) {
+    const max = this.#maxLine - 3; // "[", "]", "\n"
+    const items = [];
+    for (const cmd of cmds) {
+      const s = serialize(cmd);
+      const b = Buffer.byteLength(s);
+      if (b <= max || cmd.op !== 'write') {
+        items.push([s, b]);
+        continue;
+      }
+      const data = cmd.parts.join('');
+      const overhead = Buffer.byteLength(serialize({ ...cmd, parts: [''] }));
+      const step = Math.floor((max - overhead) / 6); // "\u0000" is 6 bytes
+      if (step < 1) throw new RangeError('tgate-handler: broadcast id list too long for one line');
+      for (let i = 0; i < data.length; i += step) {
+        const piece = serialize({ ...cmd, parts: [data.slice(i, i + step)] });
+        items.push([piece, Buffer.byteLength(piece)]);
+      }
+    }
+    let group = [];
+    let size = 0;
+    const close = () => {
+      this.#lines.push(group.length === 1 ? group[0] : `[${group.join(',')}]`);
+      group = [];
+      size = 0;
+    };
+    for (const [s, b] of items) {
+      if (group.length && size + b + 1 > max) close();
+      group.push(s);
+      size += b + 1;
+    }
+    if (group.length) close();
+  }
+}
+
+function badReturn(r, len) {
+  const what =
+    r instanceof Promise || (r !== null && typeof r === 'object' && typeof r.then === 'function')
+      ? 'a Promise (processClientData must be synchronous)'
+      : `${inspect(r, { depth: 0 })} (${typeof r})`;
+  return new TypeError(
+    `processClientData returned ${what}; it must return an integer from 0 to ${len} (bytes handled, 0 = wait for more)`,
+  );
+}
+
+function waitDrain(stream) {
+  return new Promise((resolve, reject) => {
+    const done = (err) => {
+      stream.off('drain', onDrain);
+      stream.off('error', onError);
+      stream.off('close', onClose);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onDrain = () => done();
+    const onError = (err) => done(err);
+    const onClose = () => done(new Error('tgate-handler: stdout closed'));
+    stream.on('drain', onDrain);
+    stream.on('error', onError);
+    stream.on('close', onClose);
+  });
+}

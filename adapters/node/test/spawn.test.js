@@ -1,0 +1,164 @@
+// Real processes: the examples and the adapter over the real process stdio.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const ADAPTER = pathToFileURL(fileURLToPath(new URL('../index.js', import.meta.url))).href;
+
+const msg = (obj) => JSON.stringify(obj) + '\n';
+const hello = msg({ op: 'hello', protocol: 1, tgate: '0.1.0', framing: 'raw', bufsize: 128, max_bufsize: 65536, update_time: 1.0 });
+const connect = (id) => msg({ op: 'connect', id, peer: ['127.0.0.1', 40000 + id], local: ['127.0.0.1', 7000] });
+const data = (id, s, eof) => msg(eof ? { op: 'data', id, data: s, eof: true } : { op: 'data', id, data: s });
+const disconnect = (id, reason = 'eof') => msg({ op: 'disconnect', id, reason });
+
+/** Spawn node with `args`, feed `input`, end stdin; resolve when the process has exited. */
+function run(args, input, { timeoutMs = 5000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
+    const out = [];
+    const err = [];
+    child.stdout.on('data', (b) => out.push(b));
+    child.stderr.on('data', (b) => err.push(b));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${args.join(' ')} did not exit within ${timeoutMs} ms after stdin ended`));
+    }, timeoutMs);
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      const stdout = Buffer.concat(out).toString('utf8');
+      resolve({ code, signal, stdout, stderr: Buffer.concat(err).toString('utf8'), ms: Date.now() - t0 });
+    });
+    let t0 = Date.now();
+    child.stdin.end(input, () => {
+      t0 = Date.now();
+    });
+  });
+}
+
+function commands(stdout) {
+  assert.ok(stdout === '' || stdout.endsWith('\n'));
+  return stdout
+    .split('\n')
+    .slice(0, -1)
+    .map((l) => JSON.parse(l)) // every stdout line is protocol JSON
+    .flatMap((l) => (Array.isArray(l) ? l : [l]));
+}
+
+/** The bytes each client would receive, applying write commands in order. */
+function received(cmds) {
+  const got = {};
+  for (const c of cmds) {
+    if (c.op !== 'write') continue;
+    for (const id of c.ids ?? [c.id]) got[id] = (got[id] ?? '') + c.data;
+  }
+  return got;
+}
+
+test('examples/echo.js: echoes, answers each data, exits promptly when stdin ends', async () => {
+  const all = Buffer.from(Array.from({ length: 256 }, (_, i) => i)).toString('latin1');
+  const r = await run(['examples/echo.js'], [
+    hello, connect(1), data(1, 'h'), data(1, 'i\n'), msg({ op: 'tick' }), connect(2), data(2, all),
+    data(1, '', true), disconnect(1), disconnect(2, 'shutdown'),
+  ].join(''));
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stderr, '');
+  assert.equal(
+    r.stdout,
+    '[{"op":"write","id":1,"data":"h"},{"op":"consumed","id":1,"n":1}]\n' +
+      '[{"op":"write","id":1,"data":"i\\n"},{"op":"consumed","id":1,"n":2}]\n' +
+      `[${JSON.stringify({ op: 'write', id: 2, data: all })},{"op":"consumed","id":2,"n":256}]\n` +
+      '{"op":"consumed","id":1,"n":0}\n',
+  );
+  assert.ok(r.ms < 3000, `exited ${r.ms} ms after stdin ended`);
+});
+
+test('examples/chat.js: joined, lines to the others, partial lines wait, left', async () => {
+  const r = await run(['examples/chat.js'], [
+    hello, connect(1), connect(2), connect(3),
+    data(1, 'hel'), // partial: waits
+    data(2, 'yo\r\n'),
+    data(1, 'lo\r\nsecond\n\r\nthird'),
+    data(3, 'caf\u00c3\u00a9 \u0000\u00ff\r\r\n'), // raw bytes pass through; only one \r is stripped
+    data(1, '\n'),
+    data(2, 'bye\npartial', true), // the unterminated tail is dropped
+    disconnect(2),
+    disconnect(1, 'reset'),
+  ].join(''));
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stderr, '');
+  const cmds = commands(r.stdout);
+  assert.deepEqual(
+    cmds.filter((c) => c.op === 'consumed').map((c) => [c.id, c.n]),
+    [[1, 0], [2, 4], [1, 16], [3, 11], [1, 6], [2, 4]],
+  );
+  assert.deepEqual(cmds.filter((c) => c.op === 'close'), []);
+  assert.deepEqual(received(cmds), {
+    1: '* 2 joined\n* 3 joined\n2: yo\n3: caf\u00c3\u00a9 \u0000\u00ff\r\n2: bye\n* 2 left\n',
+    2: '* 3 joined\n1: hello\n1: second\n1: \n3: caf\u00c3\u00a9 \u0000\u00ff\r\n1: third\n',
+    3: '2: yo\n1: hello\n1: second\n1: \n1: third\n2: bye\n* 2 left\n* 1 left\n',
+  });
+});
+
+test('console output in handler code goes to stderr, never stdout; no handles left open', async () => {
+  const script = `
+    import { ServerLoop } from ${JSON.stringify(ADAPTER)};
+    const loop = new ServerLoop({
+      processClientData(client, buf) {
+        console.log('LOG', buf.toString());
+        console.info('INFO');
+        console.debug('DEBUG');
+        console.warn('WARN');
+        console.dir({ dir: 1 });
+        console.table([{ table: 1 }]);
+        client.write(buf);
+        return buf.length;
+      },
+    });
+    await loop.run({ exitTimeout: null }); // no safety net: the process must end by itself
+    console.log('after run');
+  `;
+  const r = await run(['--input-type=module', '-e', script], hello + connect(1) + data(1, 'ping'));
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, '[{"op":"write","id":1,"data":"ping"},{"op":"consumed","id":1,"n":4}]\n');
+  for (const word of ['LOG ping', 'INFO', 'DEBUG', 'WARN', 'dir: 1', 'table', 'after run']) {
+    assert.ok(r.stderr.includes(word), `${word} on stderr`);
+  }
+});
+
+test('the process exits even if handler code leaves a timer running', async () => {
+  const script = `
+    import { ServerLoop } from ${JSON.stringify(ADAPTER)};
+    await new ServerLoop({
+      clientConnected() { setInterval(() => {}, 1000); },
+      processClientData: (c, buf) => buf.length,
+    }).run({ exitTimeout: 200 });
+  `;
+  const r = await run(['--input-type=module', '-e', script], hello + connect(1) + data(1, 'x'));
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, '{"op":"consumed","id":1,"n":1}\n');
+  assert.ok(r.ms < 3000, `exited ${r.ms} ms after stdin ended`);
+});
+
+test('an exception in a real process: one stderr line naming the client, the process keeps serving', async () => {
+  const script = `
+    import { ServerLoop } from ${JSON.stringify(ADAPTER)};
+    await new ServerLoop({
+      processClientData(client, buf) {
+        if (client.id === 1) throw new RangeError('bad input');
+        client.write(buf);
+        return buf.length;
+      },
+    }).run();
+  `;
+  const r = await run(['--input-type=module', '-e', script], hello + connect(1) + connect(2) + data(1, 'x') + data(2, 'y'));
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(
+    r.stdout,
+    '[{"op":"consumed","id":1,"n":0},{"op":"close","id":1}]\n' +
+      '[{"op":"write","id":2,"data":"y"},{"op":"consumed","id":2,"n":1}]\n',
+  );
+  assert.match(r.stderr, /^tgate-handler: processClientData failed for client 1 \(127\.0\.0\.1:40001\); closing client 1: RangeError: bad input\nRangeError: bad input\n {4}at /);
+});
