@@ -46,7 +46,8 @@ def example(name: str) -> str:
 
 def scripted(logfile: Path, *mode: str) -> str:
     args = " ".join(shlex.quote(m) for m in mode)
-    return f"{PY} {shlex.quote(str(FIXTURES / 'scripted_handler.py'))} {shlex.quote(str(logfile))} {args}"
+    script = shlex.quote(str(FIXTURES / "scripted_handler.py"))
+    return f"{PY} {script} {shlex.quote(str(logfile))} {args}"
 
 
 def read_log(logfile: Path) -> list[dict[str, Any]]:

@@ -102,7 +102,8 @@ def test_signal_shuts_down_cleanly_and_reaps_the_handler(sig: signal.Signals) ->
 
 
 def test_stubborn_handler_is_terminated_then_killed() -> None:
-    stubborn = f"{PY} -c 'import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'"
+    code = "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    stubborn = f"{PY} -c '{code}'"
     with tgate(stubborn, "--shutdown-grace", "0.5") as t:
         t.proc.send_signal(signal.SIGTERM)
         assert t.proc.wait(timeout=30) == 0
@@ -151,7 +152,8 @@ def test_help_lists_every_option_with_its_default() -> None:
 def test_handler_command_is_split_like_a_shell_without_a_shell(tmp_path) -> None:
     marker = tmp_path / "x y"
     # Quoted argument with a space survives; `;` is not interpreted.
-    handler = f"{PY} -c 'import sys; open(sys.argv[1], \"w\").write(sys.argv[2]); import time; time.sleep(60)' '{marker}' 'a;b'"
+    code = 'import sys, time; open(sys.argv[1], "w").write(sys.argv[2]); time.sleep(60)'
+    handler = f"{PY} -c '{code}' '{marker}' 'a;b'"
     with tgate(handler) as t:
         deadline = time.monotonic() + 10
         while not marker.exists() and time.monotonic() < deadline:

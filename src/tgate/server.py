@@ -32,6 +32,7 @@ from trio.lowlevel import (
 from .core import Client, Core, Settings
 from .supervisor import (
     STABLE_AFTER,
+    STOP_GRACE,
     HandlerStartError,
     describe_exit,
     forward_stderr,
@@ -434,10 +435,17 @@ class Gateway:
             outcome = await self._run_handler(proc)
             deliberate = outcome in ("reload", "shutdown")
             quarantined = core.handler_lost(crashed=not deliberate)
-            await stop(proc)
             self.handler_pid = None
+            if outcome == "exit":
+                with trio.move_on_after(1.0):  # for its exit status in the log
+                    await proc.wait()
             if outcome == "shutdown":
+                await stop(proc)
                 return
+            # The core is done with this process: reap it in the background
+            # so a slow-dying one does not delay its successor. A hung one
+            # gets no grace.
+            self._nursery.start_soon(stop, proc, 0.0 if outcome == "hung" else STOP_GRACE)
             if deliberate:
                 log.info("handler (pid %d) replaced", proc.pid)
                 consecutive = 0

@@ -1,0 +1,544 @@
+"""Python adapter for tgate handlers: Haxe's ``neko.net.ServerLoop`` over tgate's pipe.
+
+tgate holds the TCP sockets and talks to ONE handler process over its stdin and
+stdout (protocol v1, ``docs/protocol.md``). This single stdlib-only file (it
+uses ``orjson`` when installed) speaks that protocol for you: subclass
+:class:`ServerLoop`, override the callbacks you need and call :meth:`ServerLoop.run`::
+
+    from tgate_handler import Client, ServerLoop
+
+    class Echo(ServerLoop):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            client.write(buf)
+            return len(buf)
+
+    if __name__ == "__main__":
+        Echo().run()
+
+and give tgate ``python3 echo.py`` as its handler command.
+
+Callbacks (only ``process_client_data`` is required; they run one at a time, on the
+thread calling ``run``):
+
+``client_connected(client)``
+    A client connected. Its return value becomes ``client.data`` (per-client
+    state, ServerLoop's ``newData``). An exception closes that client.
+``process_client_data(client, buf)``
+    ``buf`` holds ALL the bytes of that client not consumed yet. Return how many
+    bytes from the front you handled (``0`` = incomplete message, wait for more).
+    The adapter calls it again on the remaining bytes while it returns ``> 0`` and
+    bytes remain. The return value must be an ``int`` (not ``bool``) with
+    ``0 <= n <= len(buf)``. An invalid value or an exception is reported through
+    ``on_error`` and closes THAT client only; the process keeps serving the others.
+    When ``client.eof`` is true the client has closed its sending side and this is
+    the last call for these bytes: unconsumed bytes are then discarded, so this is
+    the place to handle a trailing partial message.
+``client_disconnected(client)``
+    The client is gone; ``client.reason`` says why (``"eof"``, ``"reset"``,
+    ``"closed"``, ``"shutdown"``, ... see the protocol). Called exactly once per
+    client, after the client was removed from ``self.clients``.
+``update()``
+    Called on each ``tick`` (every ``update_time`` seconds): timers, pings.
+``on_error(exc, client)``
+    Handler code failed (``client`` is ``None`` for ``update``). The default
+    prints one line naming the client, plus the traceback if there is one, to
+    stderr.
+
+Inside callbacks, ``client.write(data)`` (bytes-like, or ``str`` sent as UTF-8),
+``client.close()`` (pending writes are flushed first by tgate) and
+``self.broadcast(clients, data)`` queue commands. All the commands produced while
+handling one message from tgate go out in ONE line, together with the
+``consumed`` reply when the message was ``data``, so tgate applies them
+atomically (this is what makes handler restarts exact). Writes and closes for a
+client that is closed or gone are silently ignored. Commands may only be issued
+from callbacks: the adapter is not thread-safe.
+
+stdout carries the protocol and nothing else. ``print()`` output must go to
+stderr (``print(..., file=sys.stderr)``); tgate relays stderr to its own,
+prefixed with the handler's pid. When ``run()`` uses the process's real stdout
+(the default), it protects the stream while it runs: ``sys.stdout`` is set to
+``sys.stderr`` and file descriptor 1 is pointed at stderr (so a stray
+``print()``, ``os.write(1, ...)`` or a child process's output cannot corrupt the
+protocol), and the protocol is written to a private duplicate of the original
+descriptor.
+
+I/O is batched: ``run`` reads whatever stdin has available, handles every
+complete line, and writes all the resulting lines with one write and one flush.
+It returns when stdin reaches EOF (tgate is stopping or replacing the handler).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO, TypeAlias, TypeGuard
+
+__all__ = ["PROTOCOL_VERSION", "Client", "Data", "ServerLoop"]
+
+PROTOCOL_VERSION = 1
+
+#: What ``Client.write`` and ``ServerLoop.broadcast`` accept.
+Data: TypeAlias = bytes | bytearray | memoryview | str
+
+_READ_SIZE = 1 << 18
+#: tgate rejects handler lines longer than this (bytes, with the newline).
+_MAX_LINE = 16 << 20
+
+
+def _std_dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+_loads: Callable[[bytes], Any] = json.loads
+_dumps: Callable[[Any], bytes] = _std_dumps
+try:  # optional speedup; same wire format (compact JSON, UTF-8)
+    _orjson = importlib.import_module("orjson")
+except ImportError:  # pragma: no cover - depends on the environment
+    pass
+else:
+    _loads = _orjson.loads
+    _dumps = _orjson.dumps
+
+
+def _log(message: str) -> None:
+    print(f"tgate_handler: {message}", file=sys.stderr, flush=True)
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _to_wire(data: Data) -> str:
+    """Bytes as a latin-1 string (one code point per byte); ``str`` is sent as UTF-8."""
+    if isinstance(data, str):
+        return data if data.isascii() else data.encode("utf-8").decode("latin-1")
+    if isinstance(data, bytes | bytearray):
+        return data.decode("latin-1")
+    if isinstance(data, memoryview):
+        return data.tobytes().decode("latin-1")
+    raise TypeError(f"expected bytes, bytearray, memoryview or str, not {type(data).__name__}")
+
+
+def _addr(value: object) -> tuple[str, int]:
+    if isinstance(value, list | tuple) and len(value) == 2:
+        host, port = value
+        if isinstance(host, str) and _is_int(port):
+            return (host, port)
+    return ("", 0)
+
+
+class Client:
+    """One TCP client, as seen by the handler.
+
+    Attributes: ``id`` (tgate's id, never reused), ``peer`` and ``local``
+    (``(host, port)``), ``data`` (what ``client_connected`` returned), ``eof``
+    (the client half-closed: the bytes being processed are its last), ``reason``
+    (the disconnect reason, once gone) and ``closed`` (closed by the handler or
+    gone: writes are ignored).
+    """
+
+    __slots__ = ("_buf", "_loop", "closed", "data", "eof", "id", "local", "peer", "reason")
+
+    def __init__(
+        self,
+        loop: ServerLoop,
+        id: int,
+        peer: tuple[str, int] = ("", 0),
+        local: tuple[str, int] = ("", 0),
+    ) -> None:
+        self._loop = loop
+        self._buf = b""  # mirror of the bytes tgate holds unconsumed for this client
+        self.id = id
+        self.peer = peer
+        self.local = local
+        self.data: Any = None
+        self.eof = False
+        self.reason: str | None = None
+        self.closed = False
+
+    def write(self, data: Data) -> None:
+        """Queue bytes for this client (a ``str`` is encoded as UTF-8)."""
+        if self.closed:
+            return
+        wire = _to_wire(data)
+        if wire:
+            self._loop._queue_write(self.id, wire)
+
+    def close(self) -> None:
+        """Ask tgate to close this client once its pending writes are sent."""
+        if self.closed:
+            return
+        self.closed = True
+        self._loop._closes.append(self.id)
+
+    def __repr__(self) -> str:
+        return f"<Client {self.id} peer={self.peer[0]}:{self.peer[1]}>"
+
+
+class ServerLoop:
+    """The handler: subclass it and override the callbacks (see the module docstring).
+
+    ``clients`` maps ids to the connected clients (including the ones the handler
+    closed, until tgate reports them gone). ``hello`` is tgate's ``hello``
+    message (``bufsize``, ``max_bufsize``, ``update_time``, ...). A subclass
+    defining ``__init__`` must call ``super().__init__()``.
+    """
+
+    def __init__(self) -> None:
+        self.clients: dict[int, Client] = {}
+        self.hello: dict[str, Any] = {}
+        # Commands of the current turn: (id or list of ids, parts of the data).
+        self._writes: list[tuple[int | list[int], list[str]]] = []
+        self._closes: list[int] = []
+        self._lines: list[bytes] = []  # finished output lines of the current input chunk
+
+    # -- callbacks ---------------------------------------------------------
+
+    def client_connected(self, client: Client) -> Any:
+        """A client connected; the return value becomes ``client.data``."""
+        return None
+
+    def process_client_data(self, client: Client, buf: bytes) -> int:
+        """Handle bytes from the front of ``buf``; return how many (0 = incomplete).
+
+        Not overriding it is an error (as in Haxe): each client that sends
+        bytes is reported through ``on_error`` and closed.
+        """
+        raise NotImplementedError(f"{type(self).__name__}.process_client_data is not implemented")
+
+    def client_disconnected(self, client: Client) -> None:
+        """The client is gone (``client.reason`` says why)."""
+
+    def update(self) -> None:
+        """Called on each tick."""
+
+    def on_error(self, exc: BaseException, client: Client | None) -> None:
+        """Report an error in handler code. The default prints it to stderr."""
+        who = f"client {client.id}" if client is not None else "handler"
+        if exc.__traceback__ is None:
+            _log(f"{who}: {type(exc).__name__}: {exc}")
+        else:
+            _log(f"{who}: exception in handler code:")
+            traceback.print_exception(exc, file=sys.stderr)
+            sys.stderr.flush()
+
+    # -- commands ----------------------------------------------------------
+
+    def broadcast(self, clients: Iterable[Client | int], data: Data) -> None:
+        """Send the same bytes to several clients, in one ``write`` command with ``ids``.
+
+        Clients (or ids) that are closed or unknown are skipped.
+        """
+        wire = _to_wire(data)
+        ids: list[int] = []
+        seen: set[int] = set()
+        for item in clients:
+            client = item if isinstance(item, Client) else self.clients.get(item)
+            if client is None or client.closed or client.id in seen:
+                continue
+            seen.add(client.id)
+            ids.append(client.id)
+        if ids and wire:
+            self._queue_write(ids, wire)
+
+    def _queue_write(self, target: int | list[int], wire: str) -> None:
+        writes = self._writes
+        if writes and writes[-1][0] == target:  # coalesce consecutive writes
+            writes[-1][1].append(wire)
+        else:
+            writes.append((target, [wire]))
+
+    # -- running -----------------------------------------------------------
+
+    def run(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+        """Serve tgate until stdin reaches EOF.
+
+        ``stdin``/``stdout`` default to the process's binary stdin/stdout; when
+        the real stdout is used it is protected from stray output (see the module
+        docstring).
+        """
+        with contextlib.ExitStack() as stack:
+            inp = stdin if stdin is not None else sys.stdin.buffer
+            out = stdout if stdout is not None else stack.enter_context(_protocol_stdout())
+            read1 = getattr(inp, "read1", None)
+            read: Callable[[int], bytes] = read1 if read1 is not None else inp.read
+            partial: list[bytes] = []  # the unfinished last line, in pieces
+            try:
+                while True:
+                    chunk = read(_READ_SIZE)
+                    if not chunk:
+                        break
+                    lines = chunk.split(b"\n")
+                    tail = lines.pop()
+                    if lines:
+                        if partial:
+                            partial.append(lines[0])
+                            lines[0] = b"".join(partial)
+                            partial.clear()
+                        for line in lines:
+                            self._handle_line(line)
+                        if self._lines and not self._flush(out):
+                            return
+                    if tail:
+                        partial.append(tail)
+                if partial:  # a last line without "\n"
+                    self._handle_line(b"".join(partial))
+                    if self._lines:
+                        self._flush(out)
+            except BaseException:
+                # SystemExit/KeyboardInterrupt from handler code: the turns that
+                # completed are still answered; the interrupted one is not.
+                self._writes.clear()
+                self._closes.clear()
+                with contextlib.suppress(Exception):
+                    self._flush(out)
+                raise
+
+    def _flush(self, out: BinaryIO) -> bool:
+        data = b"".join(self._lines)
+        self._lines.clear()
+        try:
+            out.write(data)
+            out.flush()
+        except BrokenPipeError:
+            _log("stdout is closed; exiting")
+            return False
+        return True
+
+    def _handle_line(self, line: bytes) -> None:
+        if not line or line.isspace():
+            return
+        try:
+            msg = _loads(line)
+        except ValueError:
+            _log(f"ignoring a line that is not JSON: {line[:200]!r}")
+            return
+        if not isinstance(msg, dict):
+            _log(f"ignoring a line that is not a JSON object: {line[:200]!r}")
+            return
+        op = msg.get("op")
+        if op == "data":
+            self._on_data(msg)
+        elif op == "tick":
+            self._on_tick()
+        elif op == "connect":
+            self._on_connect(msg)
+        elif op == "disconnect":
+            self._on_disconnect(msg)
+        elif op == "hello":
+            self._on_hello(msg)
+        # Unknown ops are ignored (forward compatibility).
+
+    def _end_turn(self, consumed: tuple[int, int] | None) -> None:
+        """Emit the turn's commands as one line: writes, the consumed, then closes.
+
+        Closes go last so the ``consumed`` never follows a ``close`` of its
+        client; as writes to closed clients are dropped at the source, moving
+        the closes after the writes changes nothing else.
+        """
+        objs: list[dict[str, Any]] = []
+        for target, parts in self._writes:
+            data = parts[0] if len(parts) == 1 else "".join(parts)
+            if isinstance(target, int):
+                objs.append({"op": "write", "id": target, "data": data})
+            else:
+                objs.append({"op": "write", "ids": target, "data": data})
+        if consumed is not None:
+            objs.append({"op": "consumed", "id": consumed[0], "n": consumed[1]})
+        objs.extend({"op": "close", "id": cid} for cid in self._closes)
+        self._writes.clear()
+        self._closes.clear()
+        if not objs:
+            return
+        line = _dumps(objs[0] if len(objs) == 1 else objs) + b"\n"
+        if len(line) <= _MAX_LINE:
+            self._lines.append(line)
+        else:
+            self._split_turn(objs)
+
+    def _split_turn(self, objs: list[dict[str, Any]]) -> None:
+        """A turn too big for one line: its writes go first, in pieces, then the rest.
+
+        Atomicity is lost (a crash in between would replay bytes whose answer
+        was partly sent), but a line over tgate's limit would be dropped whole,
+        ``consumed`` included.
+        """
+        _log("a reply exceeds tgate's line limit; sending its writes on separate lines")
+        rest: list[dict[str, Any]] = []
+        # Worst case 6 bytes per code point (``\u0000``), plus room for the ids.
+        step = max(1, (_MAX_LINE - 4096) // 6)
+        for obj in objs:
+            if obj["op"] != "write":
+                rest.append(obj)
+                continue
+            text: str = obj["data"]
+            for start in range(0, len(text), step):
+                piece = {**obj, "data": text[start : start + step]}
+                self._lines.append(_dumps(piece) + b"\n")
+        if rest:
+            self._lines.append(_dumps(rest[0] if len(rest) == 1 else rest) + b"\n")
+
+    def _report(self, exc: BaseException, client: Client | None) -> None:
+        try:
+            self.on_error(exc, client)
+        except Exception as err:  # a broken on_error must not stop the loop
+            _log("on_error failed while reporting:")
+            traceback.print_exception(exc, file=sys.stderr)
+            traceback.print_exception(err, file=sys.stderr)
+            sys.stderr.flush()
+
+    def _fail(self, exc: BaseException, client: Client) -> None:
+        self._report(exc, client)
+        client.close()
+
+    def _on_data(self, msg: dict[str, Any]) -> None:
+        cid = msg.get("id")
+        if not _is_int(cid):
+            _log(f"ignoring data with an invalid id: {cid!r}")
+            return
+        text = msg.get("data", "")
+        n = 0
+        client = self.clients.get(cid)
+        if client is None:
+            _log(f"data for unknown client {cid}; consumed nothing")
+        elif not isinstance(text, str):
+            _log(f"client {cid}: data is not a string; consumed nothing")
+        elif not client.closed:
+            n = self._process(client, text, msg.get("eof") is True)
+        self._end_turn((cid, n))
+
+    def _process(self, client: Client, text: str, eof: bool) -> int:
+        try:
+            new = text.encode("latin-1")
+        except UnicodeEncodeError as exc:
+            self._fail(exc, client)
+            return 0
+        buf = client._buf + new if client._buf else new
+        if eof:
+            client.eof = True
+        total = 0
+        size = len(buf)
+        while total < size and not client.closed:
+            view = buf[total:] if total else buf
+            try:
+                n = self.process_client_data(client, view)
+            except Exception as exc:
+                self._fail(exc, client)
+                break
+            if not _is_int(n):
+                self._fail(
+                    TypeError(
+                        f"process_client_data returned {n!r} ({type(n).__name__}) for "
+                        f"client {client.id}, expected an int in 0..{len(view)}; closing it"
+                    ),
+                    client,
+                )
+                break
+            if not 0 <= n <= len(view):
+                self._fail(
+                    ValueError(
+                        f"process_client_data returned {n} for client {client.id}, "
+                        f"expected an int in 0..{len(view)}; closing it"
+                    ),
+                    client,
+                )
+                break
+            if n == 0:
+                break
+            total += n
+        client._buf = buf[total:] if total else buf
+        return total
+
+    def _on_connect(self, msg: dict[str, Any]) -> None:
+        cid = msg.get("id")
+        if not _is_int(cid):
+            _log(f"ignoring connect with an invalid id: {cid!r}")
+            return
+        if cid in self.clients:
+            _log(f"ignoring a second connect for client {cid}")
+            return
+        client = Client(self, cid, _addr(msg.get("peer")), _addr(msg.get("local")))
+        self.clients[cid] = client
+        try:
+            client.data = self.client_connected(client)
+        except Exception as exc:
+            self._fail(exc, client)
+        self._end_turn(None)
+
+    def _on_disconnect(self, msg: dict[str, Any]) -> None:
+        cid = msg.get("id")
+        client = self.clients.pop(cid, None) if _is_int(cid) else None
+        if client is None:
+            return
+        reason = msg.get("reason")
+        self._gone(client, reason if isinstance(reason, str) else "reset")
+        self._end_turn(None)
+
+    def _gone(self, client: Client, reason: str) -> None:
+        client.closed = True
+        client.reason = reason
+        try:
+            self.client_disconnected(client)
+        except Exception as exc:
+            self._report(exc, client)
+
+    def _on_tick(self) -> None:
+        try:
+            self.update()
+        except Exception as exc:
+            self._report(exc, None)
+        self._end_turn(None)
+
+    def _on_hello(self, msg: dict[str, Any]) -> None:
+        if msg.get("protocol") != PROTOCOL_VERSION:
+            _log(f"tgate speaks protocol {msg.get('protocol')!r}, this adapter {PROTOCOL_VERSION}")
+        self.hello = msg
+        # A new session: forget every client (tgate replays the live ones).
+        old = list(self.clients.values())
+        self.clients = {}
+        for client in old:
+            client.closed = True
+        for client in old:
+            self._gone(client, "reset")
+        self._end_turn(None)
+
+
+@contextlib.contextmanager
+def _protocol_stdout() -> Iterator[BinaryIO]:
+    """Yield a private stream on the real stdout; stdout itself goes to stderr meanwhile."""
+    saved = sys.stdout
+    with contextlib.suppress(Exception):
+        saved.flush()
+    try:
+        fd = saved.fileno()
+        private = os.dup(fd)
+    except (AttributeError, OSError, ValueError):
+        # No file descriptor to protect (stdout was replaced): use the stream as is.
+        sys.stdout = sys.stderr
+        try:
+            yield saved.buffer
+        finally:
+            sys.stdout = saved
+        return
+    out = os.fdopen(private, "wb")
+    try:
+        os.dup2(sys.stderr.fileno(), fd)
+    except (AttributeError, OSError, ValueError):
+        fd = -1
+    sys.stdout = sys.stderr
+    try:
+        yield out
+    finally:
+        sys.stdout = saved
+        with contextlib.suppress(OSError):
+            out.flush()
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.dup2(private, fd)
+        with contextlib.suppress(OSError):
+            out.close()

@@ -1,0 +1,873 @@
+"""Tests for the Python handler adapter (adapters/python/tgate_handler.py) and examples.
+
+They drive ServerLoop.run() with in-memory binary streams: protocol lines in,
+JSON lines out. A few tests run the examples as real subprocesses.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ADAPTER_DIR = ROOT / "adapters" / "python"
+# Test the checkout's adapter, not a copy an install may have put in site-packages.
+sys.path.insert(0, str(ADAPTER_DIR))
+
+import tgate_handler  # noqa: E402
+from tgate_handler import Client, ServerLoop  # noqa: E402
+
+assert Path(tgate_handler.__file__).resolve().parent == ADAPTER_DIR, (
+    f"tgate_handler was imported from {tgate_handler.__file__}, not from {ADAPTER_DIR}"
+)
+
+Msg = dict[str, Any]
+
+HELLO: Msg = {
+    "op": "hello",
+    "protocol": 1,
+    "tgate": "0.1.0",
+    "framing": "raw",
+    "bufsize": 128,
+    "max_bufsize": 65536,
+    "update_time": 1.0,
+}
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def connect(cid: int) -> Msg:
+    return {"op": "connect", "id": cid, "peer": ["127.0.0.1", 40000 + cid], "local": ["::1", 7000]}
+
+
+def data(cid: int, payload: bytes, eof: bool = False) -> Msg:
+    msg: Msg = {"op": "data", "id": cid, "data": payload.decode("latin-1")}
+    if eof:
+        msg["eof"] = True
+    return msg
+
+
+def disconnect(cid: int, reason: str = "eof") -> Msg:
+    return {"op": "disconnect", "id": cid, "reason": reason}
+
+
+TICK: Msg = {"op": "tick"}
+
+
+def encode(*msgs: Msg, ensure_ascii: bool = True) -> bytes:
+    return b"".join(json.dumps(m, ensure_ascii=ensure_ascii).encode("utf-8") + b"\n" for m in msgs)
+
+
+def parse(out: bytes) -> list[list[Msg]]:
+    """Output lines, each as a list of commands (a bare object becomes a 1-list)."""
+    assert out == b"" or out.endswith(b"\n")
+    lines = []
+    for raw in out.split(b"\n")[:-1]:
+        obj = json.loads(raw)
+        assert isinstance(obj, dict | list), raw
+        lines.append(obj if isinstance(obj, list) else [obj])
+    return lines
+
+
+def run(loop: ServerLoop, *msgs: Msg, hello: bool = True) -> list[list[Msg]]:
+    out = io.BytesIO()
+    loop.run(io.BytesIO(encode(*((HELLO, *msgs) if hello else msgs))), out)
+    return parse(out.getvalue())
+
+
+def flat(lines: list[list[Msg]]) -> list[Msg]:
+    return [cmd for line in lines for cmd in line]
+
+
+def received(lines: list[list[Msg]]) -> dict[int, bytes]:
+    """What each client receives, applying write commands in order."""
+    got: dict[int, bytes] = {}
+    for cmd in flat(lines):
+        if cmd["op"] == "write":
+            for cid in cmd["ids"] if "ids" in cmd else [cmd["id"]]:
+                got[cid] = got.get(cid, b"") + cmd["data"].encode("latin-1")
+    return got
+
+
+def consumed(lines: list[list[Msg]], cid: int | None = None) -> list[int]:
+    return [
+        c["n"] for c in flat(lines) if c["op"] == "consumed" and (cid is None or c["id"] == cid)
+    ]
+
+
+def closes(lines: list[list[Msg]]) -> list[int]:
+    return [c["id"] for c in flat(lines) if c["op"] == "close"]
+
+
+class ChunkReader:
+    """A binary stdin whose read1() returns the given chunks, one per call."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self.chunks: Iterator[bytes] = iter(list(chunks))
+        self.reads = 0
+
+    def read1(self, n: int = -1) -> bytes:
+        self.reads += 1
+        chunk = next(self.chunks, b"")
+        assert n < 0 or len(chunk) <= n
+        return chunk
+
+
+class CountingWriter(io.BytesIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.flushes = 0
+
+    def write(self, b: Any) -> int:
+        self.writes += 1
+        return super().write(b)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+class Echo(ServerLoop):
+    def process_client_data(self, client: Client, buf: bytes) -> int:
+        client.write(buf)
+        return len(buf)
+
+
+class Recorder(ServerLoop):
+    """Records every callback; process_client_data consumes whole lines, one per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, Any]] = []
+        self.errors: list[tuple[BaseException, Client | None]] = []
+
+    def client_connected(self, client: Client) -> Any:
+        self.calls.append(("connected", client.id))
+        return {"state": client.id}
+
+    def process_client_data(self, client: Client, buf: bytes) -> int:
+        self.calls.append(("data", (client.id, buf, client.eof)))
+        end = buf.find(b"\n")
+        return 0 if end < 0 else end + 1
+
+    def client_disconnected(self, client: Client) -> None:
+        self.calls.append(("disconnected", (client.id, client.reason, client.id in self.clients)))
+
+    def update(self) -> None:
+        self.calls.append(("update", None))
+
+    def on_error(self, exc: BaseException, client: Client | None) -> None:
+        self.errors.append((exc, client))
+
+    def data_calls(self) -> list[tuple[int, bytes, bool]]:
+        return [args for name, args in self.calls if name == "data"]
+
+
+@pytest.fixture(params=["json", "orjson"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the stdlib json codec and with orjson (when installed)."""
+    if request.param == "json":
+        monkeypatch.setattr(tgate_handler, "_loads", json.loads)
+        monkeypatch.setattr(tgate_handler, "_dumps", tgate_handler._std_dumps)
+    elif importlib.util.find_spec("orjson") is None:
+        pytest.skip("orjson is not installed")
+    else:
+        import orjson
+
+        monkeypatch.setattr(tgate_handler, "_loads", orjson.loads)
+        monkeypatch.setattr(tgate_handler, "_dumps", orjson.dumps)
+    return str(request.param)
+
+
+# -- echo, splitting, binary -------------------------------------------------
+
+
+def test_echo_whole(backend: str) -> None:
+    lines = run(Echo(), connect(1), data(1, b"hello\r\n"), disconnect(1))
+    assert lines == [
+        [{"op": "write", "id": 1, "data": "hello\r\n"}, {"op": "consumed", "id": 1, "n": 7}]
+    ]
+
+
+def test_echo_payload_split_at_every_byte_boundary() -> None:
+    payload = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    for i in range(len(payload) + 1):
+        lines = run(Echo(), connect(1), data(1, payload[:i]), data(1, payload[i:]))
+        assert received(lines) == ({1: payload} if payload else {})
+        assert consumed(lines) == [i, len(payload) - i]
+
+
+def test_input_stream_split_at_every_byte_boundary(backend: str) -> None:
+    msgs = [HELLO, connect(1), connect(2), data(1, b"ab\xe9\x00"), TICK, data(2, b"\xff\n")]
+    stream = encode(*msgs, ensure_ascii=False)  # raw UTF-8 on the wire, multi-byte chars
+    expected = io.BytesIO()
+    Echo().run(io.BytesIO(stream), expected)
+    assert received(parse(expected.getvalue())) == {1: b"ab\xe9\x00", 2: b"\xff\n"}
+    for i in range(len(stream) + 1):
+        out = io.BytesIO()
+        chunks = [c for c in (stream[:i], stream[i:]) if c]  # b"" would mean EOF
+        Echo().run(ChunkReader(chunks), out)  # type: ignore[arg-type]
+        assert out.getvalue() == expected.getvalue(), i
+    out = io.BytesIO()
+    Echo().run(ChunkReader(stream[i : i + 1] for i in range(len(stream))), out)  # type: ignore[arg-type]
+    assert out.getvalue() == expected.getvalue()
+
+
+def test_binary_bytes_round_trip_exactly(backend: str) -> None:
+    payload = bytes(range(256)) * 2
+    for ensure_ascii in (True, False):
+        stream = encode(HELLO, connect(1), data(1, payload), ensure_ascii=ensure_ascii)
+        out = io.BytesIO()
+        Echo().run(io.BytesIO(stream), out)
+        lines = parse(out.getvalue())
+        assert received(lines) == {1: payload}
+        assert consumed(lines) == [512]
+        # The output is valid UTF-8 JSON whose strings only hold U+0000..U+00FF.
+        write = flat(lines)[0]
+        assert max(map(ord, write["data"])) == 255
+
+
+def test_write_accepts_bytes_like_and_str() -> None:
+    class Writer(ServerLoop):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            client.write(b"a")
+            client.write(bytearray(b"b"))
+            client.write(memoryview(b"xcx")[1:2])
+            client.write("é€\n")
+            client.write(b"")  # nothing
+            return len(buf)
+
+    lines = run(Writer(), connect(1), data(1, b"?"))
+    assert received(lines) == {1: b"abc" + "é€\n".encode()}
+    # Consecutive writes to one client are coalesced into one command.
+    assert lines == [
+        [
+            {"op": "write", "id": 1, "data": "abc" + "é€\n".encode().decode("latin-1")},
+            {"op": "consumed", "id": 1, "n": 1},
+        ]
+    ]
+
+
+def test_write_rejects_other_types() -> None:
+    class Bad(Recorder):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            client.write(42)  # type: ignore[arg-type]
+            return len(buf)
+
+    loop = Bad()
+    lines = run(loop, connect(1), data(1, b"x"))
+    assert isinstance(loop.errors[0][0], TypeError)
+    assert closes(lines) == [1]
+
+
+# -- the process loop --------------------------------------------------------
+
+
+def test_process_loop_several_messages_incomplete_and_trailing_data() -> None:
+    loop = Recorder()
+    lines = run(
+        loop,
+        connect(1),
+        data(1, b"a\nbb\ncc"),  # two messages and a partial one
+        data(1, b"c"),  # still partial: mirror "ccc"
+        data(1, b"\nd\n"),  # completes it, and one more
+    )
+    assert loop.data_calls() == [
+        (1, b"a\nbb\ncc", False),
+        (1, b"bb\ncc", False),
+        (1, b"cc", False),
+        (1, b"ccc", False),
+        (1, b"ccc\nd\n", False),
+        (1, b"d\n", False),
+    ]
+    assert consumed(lines) == [5, 0, 6]
+    assert loop.clients[1]._buf == b""
+
+
+def test_process_not_called_without_bytes() -> None:
+    loop = Recorder()
+    lines = run(loop, connect(1), data(1, b""))
+    assert loop.data_calls() == []
+    assert consumed(lines) == [0]
+
+
+@pytest.mark.parametrize("bad", [-1, 4, 100, "1", 1.0, None, True, False, [1]])
+def test_invalid_return_value_closes_only_that_client(bad: Any) -> None:
+    class Bad(Recorder):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            super().process_client_data(client, buf)
+            if client.id == 1 and buf.startswith(b"bad"):
+                client.write(b"before")
+                return bad  # type: ignore[no-any-return]
+            client.write(buf[:2])
+            return 2
+
+    loop = Bad()
+    lines = run(
+        loop,
+        connect(1),
+        connect(2),
+        data(1, b"okbad"),  # consumes 2, then the bad value on "bad"
+        data(2, b"xxyy"),
+        data(1, b"more"),  # client 1 is closed: no call, consumed 0
+        data(2, b"zz"),
+    )
+    assert len(loop.errors) == 1
+    exc, client = loop.errors[0]
+    wrong_type = isinstance(bad, bool) or not isinstance(bad, int)
+    assert isinstance(exc, TypeError if wrong_type else ValueError)
+    assert client is loop.clients[1]
+    assert "client 1" in str(exc)
+    assert lines[0] == [
+        {"op": "write", "id": 1, "data": "okbefore"},
+        {"op": "consumed", "id": 1, "n": 2},
+        {"op": "close", "id": 1},
+    ]
+    assert consumed(lines, 1) == [2, 0]
+    assert consumed(lines, 2) == [4, 2]
+    assert received(lines) == {1: b"okbefore", 2: b"xxyyzz"}
+    assert closes(lines) == [1]
+    assert [a for a in loop.data_calls() if a[0] == 1] == [(1, b"okbad", False), (1, b"bad", False)]
+
+
+def test_default_on_error_reports_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    class Bad(ServerLoop):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            if buf == b"boom":
+                raise RuntimeError("kaboom")
+            return -5
+
+    lines = run(Bad(), connect(7), connect(8), data(7, b"boom"), data(8, b"x"))
+    assert closes(lines) == [7, 8]
+    err = capsys.readouterr().err
+    assert "client 7" in err and "RuntimeError: kaboom" in err and "Traceback" in err
+    # The invalid return value is one line naming the client.
+    [line] = [x for x in err.splitlines() if "client 8" in x]
+    assert "returned -5" in line and "ValueError" in line
+
+
+def test_exception_in_handler_closes_only_that_client() -> None:
+    class Crashy(Echo):
+        def __init__(self) -> None:
+            super().__init__()
+            self.errors: list[tuple[BaseException, Client | None]] = []
+
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            if b"!" in buf:
+                client.write(b"partial")
+                raise ValueError("bang")
+            return super().process_client_data(client, buf)
+
+        def on_error(self, exc: BaseException, client: Client | None) -> None:
+            self.errors.append((exc, client))
+
+    loop = Crashy()
+    lines = run(
+        loop,
+        connect(1),
+        connect(2),
+        data(2, b"x!"),
+        data(1, b"hello"),
+        data(2, b"more"),
+        disconnect(2, "closed"),
+        data(1, b" world"),
+    )
+    assert [(str(e), c.id if c else None) for e, c in loop.errors] == [("bang", 2)]
+    assert received(lines) == {1: b"hello world", 2: b"partial"}
+    assert consumed(lines, 2) == [0, 0]
+    assert consumed(lines, 1) == [5, 6]
+    assert closes(lines) == [2]
+    assert list(loop.clients) == [1]
+
+
+def test_on_error_that_raises_does_not_stop_the_loop(capsys: pytest.CaptureFixture[str]) -> None:
+    class Worse(Echo):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            if client.id == 1:
+                raise KeyError("first")
+            return super().process_client_data(client, buf)
+
+        def on_error(self, exc: BaseException, client: Client | None) -> None:
+            raise RuntimeError("second")
+
+    lines = run(Worse(), connect(1), connect(2), data(1, b"a"), data(2, b"b"))
+    assert closes(lines) == [1]
+    assert received(lines) == {2: b"b"}
+    err = capsys.readouterr().err
+    assert "first" in err and "second" in err
+
+
+# -- replies and commands ----------------------------------------------------
+
+
+def test_exactly_one_consumed_per_data_message() -> None:
+    class Mixed(ServerLoop):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            if buf.startswith(b"close"):
+                client.close()
+                return 5
+            if buf.startswith(b"raise"):
+                raise RuntimeError
+            return 1 if buf[:1] == b"1" else 0
+
+        def on_error(self, exc: BaseException, client: Client | None) -> None:
+            pass
+
+    msgs = [connect(1), connect(2), connect(3)]
+    sent: dict[int, int] = {1: 0, 2: 0, 3: 0, 99: 0}
+    for i, payload in enumerate([b"1", b"0", b"11x", b"", b"close1", b"raise", b"1", b"x"] * 3):
+        cid = [1, 2, 3, 99][i % 4]  # 99 is unknown: still answered
+        msgs.append(data(cid, payload))
+        sent[cid] += 1
+    lines = run(Mixed(), *msgs)
+    for cid, count in sent.items():
+        assert len(consumed(lines, cid)) == count
+    for line in lines:  # at most one consumed per line
+        assert sum(c["op"] == "consumed" for c in line) <= 1
+
+
+def test_commands_of_one_turn_share_the_consumed_line() -> None:
+    class Relay(ServerLoop):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            end = buf.find(b"\n")
+            if end < 0:
+                return 0
+            other = self.clients[3 - client.id]
+            client.write(b"ack\n")
+            other.write(buf[: end + 1])
+            self.broadcast(self.clients.values(), b"*\n")
+            if buf.startswith(b"quit"):
+                client.close()
+                client.write(b"ignored after close")
+            return end + 1
+
+    lines = run(Relay(), connect(1), connect(2), data(1, b"hi\nquit\n"))
+    assert lines[-1] == [
+        {"op": "write", "id": 1, "data": "ack\n"},
+        {"op": "write", "id": 2, "data": "hi\n"},
+        {"op": "write", "ids": [1, 2], "data": "*\n"},
+        {"op": "write", "id": 1, "data": "ack\n"},
+        {"op": "write", "id": 2, "data": "quit\n"},
+        {"op": "write", "ids": [1, 2], "data": "*\n"},
+        {"op": "consumed", "id": 1, "n": 8},
+        {"op": "close", "id": 1},
+    ]
+    assert len(lines) == 1  # connects produced nothing
+
+
+def test_single_command_is_a_bare_object() -> None:
+    out = io.BytesIO()
+    Recorder().run(io.BytesIO(encode(HELLO, connect(1), data(1, b"x"))), out)
+    assert out.getvalue() == b'{"op":"consumed","id":1,"n":0}\n'
+
+
+def test_broadcast_uses_ids_skips_closed_and_unknown_and_coalesces() -> None:
+    class Caster(ServerLoop):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            if buf == b"close":
+                client.close()
+            else:
+                targets: list[Client | int] = [self.clients[1], 2, 3, 2, 42, self.clients[3]]
+                self.broadcast(targets, buf)
+                self.broadcast(targets, "!")
+                self.broadcast([], b"nobody")
+                self.broadcast([42], b"nobody")
+            return len(buf)
+
+    lines = run(Caster(), connect(1), connect(2), connect(3), data(3, b"close"), data(1, b"hey"))
+    assert lines[-1] == [
+        {"op": "write", "ids": [1, 2], "data": "hey!"},
+        {"op": "consumed", "id": 1, "n": 3},
+    ]
+
+
+def test_eof_flag_lets_the_handler_finish_a_partial_message() -> None:
+    class Lines(Recorder):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            n = super().process_client_data(client, buf)
+            if n:
+                client.write(buf[:n])
+            elif client.eof:
+                client.write(b"[partial]" + buf)
+                return len(buf)
+            return n
+
+    loop = Lines()
+    lines = run(
+        loop, connect(1), data(1, b"one\ntw"), data(1, b"o\nthree", eof=True), disconnect(1, "eof")
+    )
+    assert loop.data_calls() == [
+        (1, b"one\ntw", False),
+        (1, b"tw", False),
+        (1, b"two\nthree", True),
+        (1, b"three", True),
+    ]
+    assert received(lines) == {1: b"one\ntwo\n[partial]three"}
+    assert consumed(lines) == [4, 9]
+    assert ("disconnected", (1, "eof", False)) in loop.calls
+
+
+def test_eof_with_empty_data() -> None:
+    loop = Recorder()
+    lines = run(loop, connect(1), data(1, b"x"), data(1, b"", eof=True))
+    assert loop.data_calls() == [(1, b"x", False), (1, b"x", True)]
+    assert consumed(lines) == [0, 0]
+
+
+# -- lifecycle ---------------------------------------------------------------
+
+
+def test_connect_sets_client_fields_and_data() -> None:
+    seen: list[Client] = []
+
+    class Greeter(ServerLoop):
+        def client_connected(self, client: Client) -> Any:
+            seen.append(client)
+            client.write(f"welcome {client.id}\n")
+            return ["state", client.id]
+
+    loop = Greeter()
+    lines = run(loop, connect(5))
+    [client] = seen
+    assert loop.clients == {5: client}
+    assert (client.id, client.peer, client.local) == (5, ("127.0.0.1", 40005), ("::1", 7000))
+    assert client.data == ["state", 5]
+    assert (client.eof, client.reason, client.closed) == (False, None, False)
+    assert lines == [[{"op": "write", "id": 5, "data": "welcome 5\n"}]]
+
+
+def test_exception_in_client_connected_closes_that_client() -> None:
+    class Picky(Recorder):
+        def client_connected(self, client: Client) -> Any:
+            if client.id == 1:
+                client.write(b"go away\n")
+                raise PermissionError("no")
+            return super().client_connected(client)
+
+    loop = Picky()
+    lines = run(loop, connect(1), connect(2), data(1, b"x\n"), data(2, b"y\n"))
+    assert [c.id for _, c in loop.errors if c] == [1]
+    assert lines[0] == [
+        {"op": "write", "id": 1, "data": "go away\n"},
+        {"op": "close", "id": 1},
+    ]
+    assert consumed(lines, 1) == [0]
+    assert consumed(lines, 2) == [2]
+    assert loop.data_calls() == [(2, b"y\n", False)]
+    assert loop.clients[1].data is None and loop.clients[2].data == {"state": 2}
+
+
+def test_disconnect_calls_client_disconnected_once_and_forgets() -> None:
+    kept: list[Client] = []
+
+    class Keeper(Recorder):
+        def client_connected(self, client: Client) -> Any:
+            kept.append(client)
+            return None
+
+        def client_disconnected(self, client: Client) -> None:
+            super().client_disconnected(client)
+            client.write(b"too late")
+            client.close()
+
+    loop = Keeper()
+    lines = run(
+        loop,
+        connect(1),
+        connect(2),
+        disconnect(1, "reset"),
+        disconnect(1, "reset"),  # duplicate: ignored
+        disconnect(9, "eof"),  # unknown: ignored
+        data(1, b"late\n"),  # after disconnect: answered, not processed
+        disconnect(2, "some-new-reason"),
+    )
+    disconnected = [args for name, args in loop.calls if name == "disconnected"]
+    assert disconnected == [(1, "reset", False), (2, "some-new-reason", False)]
+    assert loop.clients == {}
+    assert kept[0].closed and kept[0].reason == "reset"
+    assert loop.data_calls() == []
+    assert flat(lines) == [{"op": "consumed", "id": 1, "n": 0}]
+
+
+def test_disconnect_after_handler_close() -> None:
+    class Closer(Recorder):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            super().process_client_data(client, buf)
+            client.close()
+            client.close()  # twice: one command
+            return len(buf)
+
+    loop = Closer()
+    lines = run(loop, connect(1), data(1, b"bye"), disconnect(1, "closed"))
+    assert lines == [[{"op": "consumed", "id": 1, "n": 3}, {"op": "close", "id": 1}]]
+    assert ("disconnected", (1, "closed", False)) in loop.calls
+
+
+def test_tick_calls_update_and_its_writes_go_out() -> None:
+    class Pinger(Recorder):
+        def update(self) -> None:
+            super().update()
+            self.broadcast(self.clients.values(), b"PING\n")
+            if len(self.calls) > 4:
+                raise RuntimeError("update failed")
+
+    loop = Pinger()
+    lines = run(loop, TICK, connect(1), connect(2), TICK, TICK)
+    assert lines == [[{"op": "write", "ids": [1, 2], "data": "PING\n"}]] * 2
+    assert [(str(e), c) for e, c in loop.errors] == [("update failed", None)]
+    assert closes(lines) == []
+
+
+def test_exception_in_client_disconnected_only_reported() -> None:
+    class Grumpy(Recorder):
+        def client_disconnected(self, client: Client) -> None:
+            self.broadcast(self.clients.values(), b"left\n")
+            raise RuntimeError("oops")
+
+    loop = Grumpy()
+    lines = run(loop, connect(1), connect(2), disconnect(1), data(2, b"z\n"))
+    assert [(str(e), c.id if c else None) for e, c in loop.errors] == [("oops", 1)]
+    assert lines == [
+        [{"op": "write", "ids": [2], "data": "left\n"}],
+        [{"op": "consumed", "id": 2, "n": 2}],
+    ]
+
+
+def test_unknown_ops_fields_and_garbage_are_ignored(capsys: pytest.CaptureFixture[str]) -> None:
+    stream = (
+        encode(
+            {**HELLO, "future": {"x": 1}},
+            {"op": "frobnicate", "id": 1},
+            {"no": "op"},
+            {**connect(1), "tls": True},
+            {**data(1, b"abc"), "more": [1, 2]},
+        )
+        + b"not json\n[1, 2]\n\n  \r\n"
+        + encode({"op": "data", "id": "1", "data": "x"})
+    )
+    out = io.BytesIO()
+    Echo().run(io.BytesIO(stream), out)
+    assert parse(out.getvalue()) == [
+        [{"op": "write", "id": 1, "data": "abc"}, {"op": "consumed", "id": 1, "n": 3}]
+    ]
+    assert "not json" in capsys.readouterr().err
+
+
+def test_hello_resets_state() -> None:
+    loop = Recorder()
+    lines = run(loop, connect(1), data(1, b"partial"), HELLO, connect(1), data(1, b"x\n"))
+    assert ("disconnected", (1, "reset", False)) in loop.calls
+    assert loop.data_calls()[-1] == (1, b"x\n", False)  # the old mirror is gone
+    assert consumed(lines) == [0, 2]
+    assert loop.hello == HELLO
+
+
+def test_last_line_without_newline_and_read_fallback() -> None:
+    class ReadOnly:
+        def __init__(self, data: bytes) -> None:
+            self.buf = io.BytesIO(data)
+
+        def read(self, n: int = -1) -> bytes:
+            return self.buf.read(n)
+
+    stream = encode(HELLO, connect(1)) + json.dumps(data(1, b"q")).encode()
+    out = io.BytesIO()
+    Echo().run(ReadOnly(stream), out)  # type: ignore[arg-type]
+    assert received(parse(out.getvalue())) == {1: b"q"}
+
+
+# -- batching and output -----------------------------------------------------
+
+
+def test_one_output_write_per_input_chunk() -> None:
+    n = 50
+    msgs = [HELLO] + [connect(i) for i in range(1, n + 1)]
+    msgs += [data(i, b"x%d" % i) for i in range(1, n + 1)]
+    stream = encode(*msgs)
+    out = CountingWriter()
+    Echo().run(io.BytesIO(stream), out)
+    assert (out.writes, out.flushes) == (1, 1)
+    assert len(parse(out.getvalue())) == n
+
+    # Several chunks: one write per chunk that completes a line that has a reply.
+    cut = stream.index(b"\n", stream.index(b'"data"')) + 3  # 3 bytes into a data line
+    chunks = [stream[:cut], stream[cut : cut + 5], stream[cut + 5 :]]
+    reader = ChunkReader([*chunks, b"", b"never read"])
+    out = CountingWriter()
+    Echo().run(reader, out)  # type: ignore[arg-type]
+    assert (out.writes, out.flushes) == (2, 2)  # chunks 1 and 3; chunk 2 is mid-line
+    assert reader.reads == 4  # returned at EOF
+    assert received(parse(out.getvalue())) == {i: b"x%d" % i for i in range(1, n + 1)}
+
+
+def test_reply_over_the_line_limit_is_split(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(tgate_handler, "_MAX_LINE", 4096 + 6 * 1000)  # pieces of 1000
+    payload = b"\x00" * 4200  # 6 bytes per byte on the wire: too long for one line
+    lines = run(Echo(), connect(1), connect(2), data(1, payload), data(2, b"small"))
+    assert lines == [
+        *[[{"op": "write", "id": 1, "data": "\x00" * k}] for k in (1000, 1000, 1000, 1000, 200)],
+        [{"op": "consumed", "id": 1, "n": 4200}],
+        [{"op": "write", "id": 2, "data": "small"}, {"op": "consumed", "id": 2, "n": 5}],
+    ]
+    assert "line limit" in capsys.readouterr().err
+
+
+def test_process_client_data_must_be_overridden(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = run(ServerLoop(), connect(1), connect(2), data(1, b"x"), data(2, b""))
+    assert lines == [
+        [{"op": "consumed", "id": 1, "n": 0}, {"op": "close", "id": 1}],
+        [{"op": "consumed", "id": 2, "n": 0}],
+    ]
+    assert "NotImplementedError: ServerLoop.process_client_data" in capsys.readouterr().err
+
+
+def test_nothing_written_when_there_is_nothing_to_say() -> None:
+    out = CountingWriter()
+    Recorder().run(io.BytesIO(encode(HELLO, connect(1), TICK, disconnect(1))), out)
+    assert out.writes == 0
+
+
+def test_broken_stdout_ends_run(capsys: pytest.CaptureFixture[str]) -> None:
+    class Broken(io.BytesIO):
+        def write(self, b: Any) -> int:
+            raise BrokenPipeError
+
+    reader = ChunkReader([encode(HELLO, connect(1), data(1, b"x")), encode(data(1, b"y"))])
+    Echo().run(reader, Broken())  # type: ignore[arg-type]
+    assert reader.reads == 1
+    assert "stdout is closed" in capsys.readouterr().err
+
+
+def test_system_exit_in_handler_flushes_finished_turns() -> None:
+    class Quitter(Echo):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            if buf == b"quit":
+                client.write(b"unsent")
+                raise SystemExit(3)
+            return super().process_client_data(client, buf)
+
+    out = io.BytesIO()
+    with pytest.raises(SystemExit):
+        Quitter().run(io.BytesIO(encode(HELLO, connect(1), data(1, b"a"), data(1, b"quit"))), out)
+    assert parse(out.getvalue()) == [
+        [{"op": "write", "id": 1, "data": "a"}, {"op": "consumed", "id": 1, "n": 1}]
+    ]
+
+
+# -- the examples, as real processes -----------------------------------------
+
+
+def run_process(args: list[str], stream: bytes) -> subprocess.CompletedProcess[bytes]:
+    proc = subprocess.run(
+        [sys.executable, *args],
+        input=stream,
+        capture_output=True,
+        timeout=20,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},  # no PYTHONPATH
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc
+
+
+def test_echo_example_process() -> None:
+    payload = bytes(range(256))
+    stream = encode(HELLO, connect(1), data(1, b"h"), data(1, b"i\n"), TICK, data(1, b"", eof=True))
+    stream += encode(disconnect(1), connect(2), data(2, payload), ensure_ascii=False)
+    # -S: no site-packages, so the example must find the adapter from the checkout
+    # (and uses the stdlib json codec).
+    proc = run_process(["-S", "examples/echo.py"], stream)
+    lines = parse(proc.stdout)
+    assert lines[:3] == [
+        [{"op": "write", "id": 1, "data": "h"}, {"op": "consumed", "id": 1, "n": 1}],
+        [{"op": "write", "id": 1, "data": "i\n"}, {"op": "consumed", "id": 1, "n": 2}],
+        [{"op": "consumed", "id": 1, "n": 0}],
+    ]
+    assert received(lines) == {1: b"hi\n", 2: payload}
+    assert proc.stderr == b""
+
+
+def test_chat_example_process() -> None:
+    stream = encode(
+        HELLO,
+        connect(1),
+        connect(2),
+        connect(3),
+        data(1, b"hello\r\nhow are"),  # one line, one partial line
+        data(2, b"\xe9\xff\x00 \r\r\n"),  # binary; only one \r stripped
+        data(1, b" you?\n\n"),  # completes the partial line, then an empty line
+        disconnect(3, "reset"),
+        data(2, b"unterminated", eof=True),  # dropped
+        disconnect(2, "eof"),
+        TICK,
+    )
+    proc = run_process(["-S", "examples/chat.py"], stream)
+    lines = parse(proc.stdout)
+    assert received(lines) == {
+        1: b"* 2 joined\n* 3 joined\n2: \xe9\xff\x00 \r\n* 3 left\n* 2 left\n",
+        2: b"* 3 joined\n1: hello\n1: how are you?\n1: \n* 3 left\n",
+        3: b"1: hello\n2: \xe9\xff\x00 \r\n1: how are you?\n1: \n",
+    }
+    assert consumed(lines, 1) == [7, 14]
+    assert consumed(lines, 2) == [7, 0]
+    assert proc.stderr == b""
+
+
+def test_stray_output_cannot_corrupt_the_protocol() -> None:
+    script = f"""
+import os, subprocess, sys
+sys.path.insert(0, {str(ADAPTER_DIR)!r})
+from tgate_handler import ServerLoop
+
+class Noisy(ServerLoop):
+    def process_client_data(self, client, buf):
+        print("stray print")
+        sys.stdout.write("stray write\\n")
+        os.write(1, b"stray fd write\\n")
+        subprocess.run(["echo", "stray child"], check=True)
+        client.write(buf)
+        return len(buf)
+
+Noisy().run()
+print("after run")
+"""
+    proc = run_process(["-c", script], encode(HELLO, connect(1), data(1, b"ok")))
+    assert proc.stdout == (
+        b'[{"op":"write","id":1,"data":"ok"},{"op":"consumed","id":1,"n":2}]\n'
+        b"after run\n"  # stdout is restored once run() returns
+    )
+    err = proc.stderr.decode()
+    for stray in ("stray print", "stray write", "stray fd write", "stray child"):
+        assert stray in err
+
+
+def test_process_answers_without_waiting_for_eof_then_exits_on_eof() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-S", "examples/echo.py"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(encode(HELLO, connect(1), data(1, b"x")))
+    proc.stdin.flush()
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # answered before EOF: output is not held back
+    assert json.loads(first)[1] == {"op": "consumed", "id": 1, "n": 1}
+    proc.stdin.close()
+    assert proc.wait(timeout=20) == 0
+    proc.stdout.close()
+    assert proc.stderr is not None
+    proc.stderr.close()
