@@ -14,7 +14,7 @@ import trio
 from . import __version__
 from .buffer import DEFAULT_BUFSIZE, MAX_BUFSIZE
 from .core import DEFAULT_MAX_OUTPUT, DEFAULT_QUARANTINE_AFTER, Settings
-from .server import DEFAULT_LISTEN_COUNT, Gateway, ListenError, Options
+from .server import DEFAULT_LISTEN_COUNT, DEFAULT_MAX_CLIENTS, Gateway, ListenError, Options
 from .supervisor import HandlerStartError
 
 log = logging.getLogger("tgate")
@@ -83,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quarantine-after", type=int, default=DEFAULT_QUARANTINE_AFTER,
                    help="disconnect a client whose bytes were in flight at this many "
                    "consecutive handler crashes (0: never)")
+    p.add_argument("--max-clients", type=int, default=DEFAULT_MAX_CLIENTS,
+                   help="at this many clients, new connections wait in the listen backlog "
+                   "until one leaves (0: no limit but the open-file limit)")
+    p.add_argument("--max-clients-per-ip", type=int, default=0,
+                   help="close new connections from a peer address that already has this "
+                   "many (0: no limit)")
+    p.add_argument("--idle-timeout", type=_nonneg_float, default=0.0,
+                   help="disconnect clients that sent nothing for this many seconds "
+                   "(reason idle; 0: never)")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"), help="log verbosity")
     return p
@@ -167,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         handler_timeout=args.handler_timeout,
         shutdown_grace=args.shutdown_grace,
         on_crash=args.on_crash,
+        max_clients=args.max_clients,
+        max_clients_per_ip=args.max_clients_per_ip,
+        idle_timeout=args.idle_timeout,
     )
     _raise_nofile_limit()
     gateway = Gateway(options, settings)

@@ -57,6 +57,8 @@ class Settings:
             raise ValueError("need 0 < bufsize <= max_bufsize")
         if self.max_output <= 0 or self.update_time <= 0:
             raise ValueError("max_output and update_time must be positive")
+        if self.quarantine_after < 0:
+            raise ValueError("quarantine_after must be >= 0")
 
 
 class Client:
@@ -93,6 +95,8 @@ class Core:
         self._next_id = 1
         self.outbox: list[bytes] = []
         self.outbox_size = 0
+        #: bytes taken from the outbox that the handler's stdin has not accepted yet
+        self.pipe_pending = 0
         #: clients whose output, close state or readability changed
         self.touched: set[Client] = set()
         self.handler_up = False
@@ -113,7 +117,7 @@ class Core:
             c.closing is None
             and c.buffer.room() > 0
             and len(c.out) < self._out_high
-            and self.outbox_size < PIPE_HIGH_WATER
+            and self.outbox_size + self.pipe_pending < PIPE_HIGH_WATER
             and not self.stopping
         )
 
@@ -123,7 +127,7 @@ class Core:
 
     @property
     def pipe_full(self) -> bool:
-        return self.outbox_size >= PIPE_HIGH_WATER
+        return self.outbox_size + self.pipe_pending >= PIPE_HIGH_WATER
 
     def take_outbox(self) -> bytes:
         data = b"".join(self.outbox)
@@ -170,7 +174,9 @@ class Core:
 
     def close(self, c: Client, reason: str, *, drop_output: bool = False) -> None:
         """Close `c` once its queued output is written (or at once)."""
-        if c.closing is None:
+        if c.closing is None or drop_output:
+            # Dropping output overrides a gentler reason: nothing may be
+            # written after the hole.
             c.closing = reason
         if drop_output:
             c.out.clear()
@@ -208,6 +214,7 @@ class Core:
         self.handler_up = False
         self.outbox.clear()
         self.outbox_size = 0
+        self.pipe_pending = 0
         self.owed = 0
         limit = self.settings.quarantine_after
         quarantined = []
@@ -294,7 +301,8 @@ class Core:
             if c is None:
                 continue
             if c.closing == "closed" or c.closing == "slow":
-                log.info("handler write to client %d dropped: it asked to close it", cid)
+                why = "handler closed it" if c.closing == "closed" else "output dropped (slow)"
+                log.info("handler write to client %d dropped: %s: %s", cid, why, quote(line))
                 continue
             if len(c.out) + len(cmd.data) > limit:
                 log.warning(

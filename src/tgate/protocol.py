@@ -125,6 +125,8 @@ def parse_command(obj: object) -> Command:
     if op == "write":
         data = _data(obj)
         if "ids" in obj:
+            if "id" in obj:
+                raise HandlerError("write has both 'id' and 'ids'")
             ids = obj["ids"]
             if type(ids) is not list or any(type(i) is not int for i in ids):
                 raise HandlerError("field 'ids' must be a list of integer client ids")

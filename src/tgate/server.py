@@ -33,6 +33,7 @@ from .core import Client, Core, Settings
 from .supervisor import (
     STABLE_AFTER,
     STOP_GRACE,
+    HandlerProcess,
     HandlerStartError,
     describe_exit,
     forward_stderr,
@@ -46,6 +47,8 @@ log = logging.getLogger("tgate")
 #: ServerLoop's listenCount is 10, but on Linux a burst of a hundred connects
 #: then gets connections reset; 511 is Redis's and nginx's default backlog.
 DEFAULT_LISTEN_COUNT = 511
+#: Redis's maxclients default; raise it for more (the fd limit is raised to match).
+DEFAULT_MAX_CLIENTS = 10000
 #: A first handler that dies this soon, before any client came, is a broken
 #: command line rather than a crash: tgate exits with an error.
 STARTUP_WINDOW = 1.0
@@ -71,6 +74,12 @@ class Options:
     shutdown_grace: float = 5.0
     #: on a handler crash: "keep" the clients (replay) or "disconnect" them
     on_crash: str = "keep"
+    #: at this many clients, new connections wait in the listen backlog
+    max_clients: int = DEFAULT_MAX_CLIENTS
+    #: connections from one peer address beyond this are closed at once (0: no limit)
+    max_clients_per_ip: int = 0
+    #: close clients that sent nothing for this many seconds (0: never)
+    idle_timeout: float = 0.0
 
 
 def _discard_input(sock: socket.socket) -> None:
@@ -119,14 +128,15 @@ class _Wake:
 class Conn:
     """The I/O side of one client."""
 
-    __slots__ = ("client", "closed", "flushing", "reader", "sock")
+    __slots__ = ("client", "closed", "flushing", "last_read", "reader", "sock")
 
-    def __init__(self, sock: socket.socket, client: Client) -> None:
+    def __init__(self, sock: socket.socket, client: Client, now: float) -> None:
         self.sock = sock
         self.client = client
         self.reader = _Wake()
         self.flushing = False
         self.closed = False
+        self.last_read = now
 
 
 class Gateway:
@@ -142,8 +152,11 @@ class Gateway:
         self.options = options
         self.core = Core(settings)
         self.conns: set[Conn] = set()
+        #: readers waiting for the handler's stdin to drain
         self._parked: set[Conn] = set()
         self._pipe_wake = _Wake()
+        self._slot_free = _Wake()
+        self._per_ip: dict[str, int] = {}
         self._changed = trio.Event()
         self._stop_requested = trio.Event()
         self._supervisor_done = trio.Event()
@@ -181,6 +194,8 @@ class Gateway:
                 accept_scope = trio.CancelScope()
                 nursery.start_soon(self._accept_loop, lsock, accept_scope)
                 nursery.start_soon(self._ticker)
+                if self.options.idle_timeout > 0:
+                    nursery.start_soon(self._idle_sweeper)
                 task_status.started(lsock.getsockname()[:2])
                 await self._stop_requested.wait()
                 accept_scope.cancel()
@@ -217,10 +232,19 @@ class Gateway:
     async def _accept_loop(self, lsock: socket.socket, scope: trio.CancelScope) -> None:
         assert self._nursery is not None
         core = self.core
+        o = self.options
         with scope:
             while True:
+                if o.max_clients and len(self.conns) >= o.max_clients:
+                    log.warning("at --max-clients %d: new connections wait in the backlog",
+                                o.max_clients)
+                    while len(self.conns) >= o.max_clients:
+                        await self._slot_free.wait()
+                    log.info("below --max-clients again: accepting")
                 await wait_readable(lsock)
                 for _ in range(ACCEPT_BATCH):
+                    if o.max_clients and len(self.conns) >= o.max_clients:
+                        break
                     try:
                         sock, _addr = lsock.accept()
                     except BlockingIOError:
@@ -245,7 +269,15 @@ class Gateway:
                     except OSError:  # reset before we looked at it
                         sock.close()
                         continue
-                    conn = Conn(sock, core.connect(peer, local))
+                    if o.max_clients_per_ip:
+                        count = self._per_ip.get(peer[0], 0)
+                        if count >= o.max_clients_per_ip:
+                            log.warning("connection from %s refused: it has %d already "
+                                        "(--max-clients-per-ip)", peer[0], count)
+                            sock.close()
+                            continue
+                        self._per_ip[peer[0]] = count + 1
+                    conn = Conn(sock, core.connect(peer, local), trio.current_time())
                     conn.client.io = conn
                     self.conns.add(conn)
                     log.debug("client %d connected from %s:%d", conn.client.id, *peer)
@@ -262,7 +294,8 @@ class Gateway:
                 if not core.can_read(c):
                     if c.closing is not None or c.buffer.eof:
                         return
-                    self._parked.add(conn)
+                    if core.pipe_full:
+                        self._parked.add(conn)
                     try:
                         await conn.reader.wait()
                     finally:
@@ -282,6 +315,7 @@ class Gateway:
                     core.received_eof(c)
                     self._after()
                     return
+                conn.last_read = trio.current_time()
                 core.received(c, data)
                 self._after()
                 if len(data) < room:
@@ -305,8 +339,11 @@ class Gateway:
             return
         if c.closing is not None:
             self._finish(conn, c.closing)
-        elif conn.reader.task is not None and self.core.can_read(c):
-            conn.reader.wake()
+        elif conn.reader.task is not None:
+            if self.core.can_read(c):
+                conn.reader.wake()
+            elif self.core.pipe_full:
+                self._parked.add(conn)  # the pipe writer wakes it
 
     def _flush(self, conn: Conn) -> None:
         c = conn.client
@@ -361,6 +398,14 @@ class Gateway:
             _discard_input(sock)
         sock.close()
         self.conns.discard(conn)
+        self._slot_free.wake()
+        if self.options.max_clients_per_ip:
+            ip = c.peer[0]
+            left = self._per_ip[ip] - 1
+            if left:
+                self._per_ip[ip] = left
+            else:
+                del self._per_ip[ip]
         self.core.gone(c, reason)
         conn.reader.wake()
         self._after()
@@ -400,6 +445,18 @@ class Gateway:
             if core.can_read(conn.client):
                 conn.reader.wake()
 
+    async def _idle_sweeper(self) -> None:
+        timeout = self.options.idle_timeout
+        while True:
+            await trio.sleep(min(1.0, timeout / 4))
+            cutoff = trio.current_time() - timeout
+            for conn in list(self.conns):
+                c = conn.client
+                if conn.last_read <= cutoff and c.closing is None:
+                    log.info("client %d disconnected (idle): silent for %.1f s", c.id, timeout)
+                    self.core.close(c, "idle")
+            self._after()
+
     async def _ticker(self) -> None:
         while True:
             await trio.sleep(self.core.settings.update_time)
@@ -425,7 +482,6 @@ class Gateway:
             started = trio.current_time()
             self.handler_pid = proc.pid
             log.info("handler started (pid %d): %s", proc.pid, " ".join(argv))
-            assert proc.stdout is not None and proc.stderr is not None
             self._nursery.start_soon(forward_stderr, proc.stderr, proc.pid)
             core.handler_started()
             self._last_output = started
@@ -472,7 +528,7 @@ class Gateway:
             self.restarts += 1
             first = False
 
-    async def _run_handler(self, proc: trio.Process) -> str:
+    async def _run_handler(self, proc: HandlerProcess) -> str:
         """Pump the pipes until the handler dies, hangs, or must be replaced.
 
         Returns why it ended: "exit", "stdout closed", "hung", "reload" or
@@ -487,7 +543,6 @@ class Gateway:
                 nursery.cancel_scope.cancel()
 
             async def read_stdout() -> None:
-                assert proc.stdout is not None
                 core = self.core
                 while True:
                     try:
@@ -502,18 +557,20 @@ class Gateway:
                     self._after()
 
             async def write_stdin() -> None:
-                assert proc.stdin is not None
                 core = self.core
                 while True:
                     if not core.outbox_size:
                         await self._pipe_wake.wait()
                         continue
-                    was_full = core.pipe_full
+                    data = core.take_outbox()
+                    core.pipe_pending = len(data)
                     try:
-                        await proc.stdin.send_all(core.take_outbox())
+                        await proc.stdin.send_all(data)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         return  # it died; read_stdout sees the EOF
-                    if was_full:
+                    finally:
+                        core.pipe_pending = 0
+                    if self._parked:
                         self._wake_parked()
 
             async def watch_exit() -> None:

@@ -47,13 +47,60 @@ class HandlerStartError(Exception):
     it exits at once)."""
 
 
-async def spawn(argv: list[str]) -> trio.Process:
+class HandlerProcess:
+    """A started handler: its pid, its three pipes as trio streams, and an
+    async wait().
+
+    We fork from the trio thread ourselves instead of using
+    trio.lowlevel.open_process, which forks from a worker thread: the
+    parent-death signal fires when the *thread* that forked exits, and trio
+    retires idle worker threads after 10 s, which would kill the handler.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self.stdin = _stream(popen.stdin)
+        self.stdout = _stream(popen.stdout)
+        self.stderr = _stream(popen.stderr)
+        self._pidfd: int | None = None
+        try:
+            self._pidfd = os.pidfd_open(popen.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3: wait() polls
+            pass
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status (negative: killed by that signal), or None while
+        it runs. Reaps the process once it has exited."""
+        return self._popen.poll()
+
+    async def wait(self) -> int:
+        while (code := self._popen.poll()) is None:
+            if self._pidfd is not None:
+                await trio.lowlevel.wait_readable(self._pidfd)
+            else:
+                await trio.sleep(0.05)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        return code
+
+
+def _stream(f: object) -> trio.lowlevel.FdStream:
+    assert f is not None and hasattr(f, "fileno") and hasattr(f, "close")
+    fd = os.dup(f.fileno())
+    f.close()
+    return trio.lowlevel.FdStream(fd)
+
+
+async def spawn(argv: list[str]) -> HandlerProcess:
     """Start the handler with pipes on stdin, stdout and stderr.
 
     Raises HandlerStartError when the command cannot be executed.
     """
     try:
-        return await trio.lowlevel.open_process(
+        popen = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -65,24 +112,25 @@ async def spawn(argv: list[str]) -> trio.Process:
         raise HandlerStartError(
             f"cannot start handler {argv[0]!r}: {exc.strerror or exc}"
         ) from None
+    await trio.lowlevel.checkpoint()
+    return HandlerProcess(popen)
 
 
-def _killpg(proc: trio.Process, sig: int) -> None:
+def _killpg(proc: HandlerProcess, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-async def stop(proc: trio.Process, grace: float = STOP_GRACE) -> None:
+async def stop(proc: HandlerProcess, grace: float = STOP_GRACE) -> None:
     """Stop the handler: close stdin, wait, SIGTERM its group, wait, SIGKILL.
 
     Always reaps the process, even when cancelled (the final kill and wait are
     shielded), so no zombie is left behind.
     """
     with trio.CancelScope(shield=True):
-        if proc.stdin is not None:
-            await proc.stdin.aclose()
+        await proc.stdin.aclose()
         if proc.returncode is None:
             with trio.move_on_after(grace):
                 await proc.wait()
@@ -95,9 +143,9 @@ async def stop(proc: trio.Process, grace: float = STOP_GRACE) -> None:
             await proc.wait()
         # Whatever else the handler started in its group goes with it.
         _killpg(proc, signal.SIGKILL)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                await stream.aclose()
+        # stderr is left to forward_stderr, which drains it (the last words of
+        # a crashed handler) and closes it at EOF.
+        await proc.stdout.aclose()
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -141,6 +189,8 @@ async def forward_stderr(stream: trio.abc.ReceiveStream, pid: int) -> None:
                 out.flush()
     except (trio.ClosedResourceError, trio.BrokenResourceError):
         pass
+    finally:
+        await stream.aclose()
     if partial:
         out.write(prefix + partial + b"\n")
         out.flush()
