@@ -88,6 +88,11 @@ async def recv_exactly(stream: trio.SocketStream, n: int) -> bytes:
     return bytes(buf)
 
 
+async def expect(stream: trio.SocketStream, data: bytes) -> None:
+    """Receive exactly len(data) bytes and check they are `data`."""
+    assert await recv_exactly(stream, len(data)) == data
+
+
 async def recv_until_eof(stream: trio.SocketStream) -> bytes:
     buf = bytearray()
     while True:

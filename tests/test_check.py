@@ -237,3 +237,13 @@ def test_python_dash_m(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert summary(proc.stdout) == (2, 0)
+
+
+@pytest.mark.parametrize("name", ["echo.py", "echo.js", "chat.py", "chat.js", "echo.pl"])
+def test_every_example_handler_passes(capsys: pytest.CaptureFixture[str], name: str) -> None:
+    from conftest import example
+
+    rc, out = check(capsys, example(name))
+    assert rc == 0, out
+    passed, failed = summary(out)
+    assert failed == 0 and passed >= 10

@@ -13,9 +13,42 @@ import trio
 
 from tgate.protocol import quote
 
-from conftest import example, read_log, recv_exactly, recv_until_eof, scripted, wait_for
+from conftest import example, expect, read_log, recv_exactly, recv_until_eof, scripted, wait_for
 
-ECHOES = [pytest.param(example("echo.py"), id="py"), pytest.param(example("echo.js"), id="js")]
+ECHOES = [
+    pytest.param(example("echo.py"), id="py"),
+    pytest.param(example("echo.js"), id="js"),
+    pytest.param(example("echo.pl"), id="pl"),  # no adapter: docs/protocol.md alone
+]
+CHATS = [pytest.param(example("chat.py"), id="py"), pytest.param(example("chat.js"), id="js")]
+
+
+@pytest.mark.parametrize("handler", CHATS)
+async def test_chat_joins_messages_and_leaves(gateway, handler: str) -> None:
+    with trio.fail_after(20):
+        async with gateway(handler) as (gw, port):
+            a = await trio.open_tcp_stream("127.0.0.1", port)
+            await wait_for(lambda: len(gw.conns) == 1)
+            b = await trio.open_tcp_stream("127.0.0.1", port)
+            await expect(a, b"* 2 joined\n")
+            c = await trio.open_tcp_stream("127.0.0.1", port)
+            await expect(a, b"* 3 joined\n")
+            await expect(b, b"* 3 joined\n")
+            await a.send_all(b"hel")
+            await a.send_all(b"lo\r\nsecond line\n")
+            expected = b"1: hello\n1: second line\n"
+            assert await recv_exactly(b, len(expected)) == expected
+            assert await recv_exactly(c, len(expected)) == expected
+            await c.aclose()
+            await expect(a, b"* 3 left\n")
+            await expect(b, b"* 3 left\n")
+            await b.send_all(b"bye\n")
+            await expect(a, b"2: bye\n")
+            # The sender never hears its own lines.
+            with trio.move_on_after(0.2):
+                assert await b.receive_some(100) == b"", "b got its own line back"
+            await a.aclose()
+            await b.aclose()
 
 
 @pytest.mark.parametrize("handler", ECHOES)
