@@ -55,6 +55,18 @@ class ClientBuffer:
         if len(self._buf) == self.capacity and self.capacity < self.max_size:
             self.capacity = min(self.capacity * 2, self.max_size)
 
+    @property
+    def data(self) -> bytearray:
+        """The held bytes (for framers to search; do not modify)."""
+        return self._buf
+
+    def drop(self, n: int) -> None:
+        """Framed modes: the first n bytes were sent as frames."""
+        if n == len(self._buf):
+            self._buf = bytearray()
+        else:
+            del self._buf[:n]
+
     def feed_eof(self) -> None:
         self.eof = True
 

@@ -14,6 +14,7 @@ import trio
 from . import __version__
 from .buffer import DEFAULT_BUFSIZE, MAX_BUFSIZE
 from .core import DEFAULT_MAX_OUTPUT, DEFAULT_QUARANTINE_AFTER, Settings
+from .framing import FRAMINGS
 from .server import DEFAULT_LISTEN_COUNT, DEFAULT_MAX_CLIENTS, Gateway, ListenError, Options
 from .supervisor import HandlerStartError
 
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bufsize", type=_positive_int, default=MAX_BUFSIZE,
                    help="most unconsumed bytes held per client; a full buffer the handler "
                    "consumes nothing of disconnects the client (overflow)")
+    p.add_argument("--framing", choices=FRAMINGS, default="raw",
+                   help="raw: the handler sees bytes and says how many it consumed "
+                   "(ServerLoop); line, crlf, packet2, packet4, netstring: tgate splits "
+                   "frames and frames what the handler writes (docs/protocol.md)")
     p.add_argument("--max-output", type=_positive_int, default=DEFAULT_MAX_OUTPUT,
                    help="bytes of output queued per client: reading it pauses above half of "
                    "this, and it is disconnected (slow) past it")
@@ -164,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             update_time=args.update_time,
             max_output=args.max_output,
             quarantine_after=args.quarantine_after,
+            framing=args.framing,
         )
     except ValueError as exc:
         print(f"tgate: error: {exc}", file=sys.stderr)

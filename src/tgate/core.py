@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from . import __version__
 from .buffer import DEFAULT_BUFSIZE, MAX_BUFSIZE, ClientBuffer
+from .framing import FrameError, Framer, FrameTooLarge, framer_class
 from .lines import LineSplitter
 from .protocol import (
     MAX_HANDLER_LINE,
@@ -26,6 +27,8 @@ from .protocol import (
     encode_connect,
     encode_data,
     encode_disconnect,
+    encode_eof,
+    encode_frame,
     encode_hello,
     parse_line,
     quote,
@@ -59,15 +62,24 @@ class Settings:
             raise ValueError("max_output and update_time must be positive")
         if self.quarantine_after < 0:
             raise ValueError("quarantine_after must be >= 0")
+        framer_class(self.framing)  # ValueError if unknown
 
 
 class Client:
     """One connected client as the core sees it."""
 
-    __slots__ = ("buffer", "closing", "id", "io", "known", "local", "out", "peer", "strikes")
+    __slots__ = (
+        "buffer", "closing", "frame_gen", "framer", "id", "io", "known", "local", "out", "peer",
+        "strikes",
+    )
 
     def __init__(
-        self, cid: int, peer: tuple[str, int], local: tuple[str, int], settings: Settings
+        self,
+        cid: int,
+        peer: tuple[str, int],
+        local: tuple[str, int],
+        settings: Settings,
+        framer: Framer | None = None,
     ) -> None:
         self.id = cid
         self.peer = peer
@@ -83,6 +95,10 @@ class Client:
         self.strikes = 0
         #: the I/O shell's per-connection object
         self.io: object = None
+        #: framed modes: the splitter, and the handler output generation at
+        #: which a frame was last sent (in flight if no output came since)
+        self.framer = framer
+        self.frame_gen = -1
 
     def __repr__(self) -> str:
         return f"<client {self.id} {self.peer[0]}:{self.peer[1]}>"
@@ -109,6 +125,9 @@ class Core:
         self.hold = False
         self._lines = LineSplitter(MAX_HANDLER_LINE)
         self._out_high = max(1, self.settings.max_output // 2)
+        self._framer_cls = framer_class(self.settings.framing)
+        #: counts chunks of handler output (framed modes: what is in flight)
+        self._output_gen = 0
 
     # ------------------------------------------------------------ queries
 
@@ -138,7 +157,8 @@ class Core:
     # ------------------------------------------------------------ client side
 
     def connect(self, peer: tuple[str, int], local: tuple[str, int]) -> Client:
-        c = Client(self._next_id, peer, local, self.settings)
+        framer = self._framer_cls() if self._framer_cls is not None else None
+        c = Client(self._next_id, peer, local, self.settings, framer)
         self._next_id += 1
         self.clients[c.id] = c
         if self.handler_up:
@@ -151,13 +171,13 @@ class Core:
         if c.closing is not None:
             return
         c.buffer.feed(data)
-        self._send_data(c)
+        self._forward(c)
 
     def received_eof(self, c: Client) -> None:
         if c.closing is not None:
             return
         c.buffer.feed_eof()
-        self._send_data(c)
+        self._forward(c)
 
     def gone(self, c: Client, reason: str) -> None:
         """The client's socket is closed: forget it and tell the handler."""
@@ -206,7 +226,7 @@ class Core:
                 continue
             self._queue(encode_connect(c.id, c.peer, c.local))
             c.known = True
-            self._send_data(c)
+            self._forward(c)
 
     def handler_lost(self, *, crashed: bool) -> list[Client]:
         """The handler process is gone. Returns the clients quarantined
@@ -220,7 +240,7 @@ class Core:
         quarantined = []
         for c in self.clients.values():
             if crashed:
-                if c.buffer.awaiting:
+                if c.buffer.awaiting or c.frame_gen == self._output_gen:
                     c.strikes += 1
                     if limit and c.strikes >= limit and c.closing is None:
                         self.close(c, "quarantined")
@@ -237,6 +257,7 @@ class Core:
 
     def handler_output(self, chunk: bytes) -> None:
         """Bytes read from the handler's stdout."""
+        self._output_gen += 1
         lines = self._lines.feed(chunk)
         if self._lines.overlong:
             for size in self._lines.overlong:
@@ -271,6 +292,45 @@ class Core:
         self.outbox.append(msg)
         self.outbox_size += len(msg)
 
+    def _forward(self, c: Client) -> None:
+        if c.framer is None:
+            self._send_data(c)
+        else:
+            self._send_frames(c, c.framer)
+
+    def _send_frames(self, c: Client, framer: Framer) -> None:
+        if not self.handler_up or c.closing is not None or self.hold:
+            return
+        b = c.buffer
+        try:
+            frames, used = framer.split(b.data, b.max_size)
+        except FrameTooLarge as exc:
+            log.info("client %d disconnected (overflow): %s", c.id, exc)
+            self.close(c, "overflow")
+            return
+        except FrameError as exc:
+            log.warning("client %d disconnected (malformed): %s", c.id, exc)
+            self.close(c, "malformed")
+            return
+        if used:
+            b.drop(used)
+            self.touched.add(c)  # room for its reader again
+        for payload in frames:
+            self._queue(encode_frame(c.id, payload))
+        if frames:
+            c.frame_gen = self._output_gen
+        if b.eof and not b.eof_sent:
+            rest = bytes(b.data)
+            b.drop(len(rest))
+            last = framer.tail(rest)
+            if last is not None:
+                self._queue(encode_frame(c.id, last))
+            elif rest:
+                log.info("client %d: incomplete %s frame of %d bytes dropped at EOF",
+                         c.id, framer.name, len(rest))
+            self._queue(encode_eof(c.id))
+            b.eof_sent = True
+
     def _send_data(self, c: Client) -> None:
         if not self.handler_up or c.closing is not None or self.hold:
             return
@@ -296,6 +356,13 @@ class Core:
 
     def _write(self, cmd: Write, line: bytes) -> None:
         limit = self.settings.max_output
+        data = cmd.data
+        if self._framer_cls is not None and not cmd.raw:
+            try:
+                data = self._framer_cls.encode(data)
+            except FrameError as exc:
+                log.warning("handler write dropped: %s: %s", exc, quote(line))
+                return
         for cid in cmd.ids:
             c = self._lookup(cid, line, "write")
             if c is None:
@@ -304,17 +371,21 @@ class Core:
                 why = "handler closed it" if c.closing == "closed" else "output dropped (slow)"
                 log.info("handler write to client %d dropped: %s: %s", cid, why, quote(line))
                 continue
-            if len(c.out) + len(cmd.data) > limit:
+            if len(c.out) + len(data) > limit:
                 log.warning(
                     "client %d disconnected (slow): %d bytes of output queued, limit %d",
-                    cid, len(c.out) + len(cmd.data), limit,
+                    cid, len(c.out) + len(data), limit,
                 )
                 self.close(c, "slow", drop_output=True)
                 continue
-            c.out += cmd.data
+            c.out += data
             self.touched.add(c)
 
     def _consumed(self, cmd: Consumed, line: bytes) -> None:
+        if self._framer_cls is not None:
+            log.warning("handler line dropped: consumed is only for --framing raw: %s",
+                        quote(line))
+            return
         c = self._lookup(cmd.id, line, "consumed")
         if c is None:
             return

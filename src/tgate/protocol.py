@@ -38,6 +38,8 @@ class Consumed:
 class Write:
     ids: tuple[int, ...]
     data: bytes
+    #: framed modes: send the bytes as they are, without framing them
+    raw: bool = False
 
 
 @dataclass(slots=True, frozen=True)
@@ -77,6 +79,14 @@ def encode_data(cid: int, data: bytes, eof: bool = False) -> bytes:
         msg = {"op": "data", "id": cid, "data": data.decode("latin-1"), "eof": True}
         return _dumps(msg, option=_NL)
     return _dumps({"op": "data", "id": cid, "data": data.decode("latin-1")}, option=_NL)
+
+
+def encode_frame(cid: int, payload: bytes) -> bytes:
+    return _dumps({"op": "frame", "id": cid, "data": payload.decode("latin-1")}, option=_NL)
+
+
+def encode_eof(cid: int) -> bytes:
+    return _dumps({"op": "eof", "id": cid}, option=_NL)
 
 
 def encode_disconnect(cid: int, reason: str) -> bytes:
@@ -130,8 +140,8 @@ def parse_command(obj: object) -> Command:
             ids = obj["ids"]
             if type(ids) is not list or any(type(i) is not int for i in ids):
                 raise HandlerError("field 'ids' must be a list of integer client ids")
-            return Write(tuple(ids), data)
-        return Write((_client_id(obj),), data)
+            return Write(tuple(ids), data, obj.get("raw") is True)
+        return Write((_client_id(obj),), data, obj.get("raw") is True)
     if op == "consumed":
         n = obj.get("n")
         if type(n) is not int:
