@@ -158,6 +158,7 @@ class Gateway:
         self._slot_free = _Wake()
         self._per_ip: dict[str, int] = {}
         self._changed = trio.Event()
+        self._waiting = 0  # tasks in _wait_until
         self._stop_requested = trio.Event()
         self._supervisor_done = trio.Event()
         #: set when serve() has returned, whatever the exit path
@@ -431,13 +432,17 @@ class Gateway:
 
     def _pulse(self) -> None:
         """Wake whoever waits for some state to change (shutdown, reload)."""
-        if self._changed.statistics().tasks_waiting:
+        if self._waiting:
             self._changed.set()
             self._changed = trio.Event()
 
     async def _wait_until(self, predicate: Callable[[], bool]) -> None:
-        while not predicate():
-            await self._changed.wait()
+        self._waiting += 1
+        try:
+            while not predicate():
+                await self._changed.wait()
+        finally:
+            self._waiting -= 1
 
     def _wake_parked(self) -> None:
         core = self.core
@@ -572,6 +577,7 @@ class Gateway:
                         core.pipe_pending = 0
                     if self._parked:
                         self._wake_parked()
+                    self._pulse()
 
             async def watch_exit() -> None:
                 await proc.wait()
