@@ -47,7 +47,7 @@ class ClientBuffer:
             return 0
         return self.capacity - len(self._buf)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         """Append bytes read from the client. Taking more than room() is a bug."""
         if len(data) > self.room():
             raise RuntimeError(f"read of {len(data)} bytes exceeds room {self.room()}")

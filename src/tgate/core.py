@@ -166,7 +166,7 @@ class Core:
             c.known = True
         return c
 
-    def received(self, c: Client, data: bytes) -> None:
+    def received(self, c: Client, data: bytes | memoryview) -> None:
         """Bytes read from the client's socket (at most buffer.room())."""
         if c.closing is not None:
             return
@@ -269,14 +269,15 @@ class Core:
             self.handler_line(line)
 
     def handler_line(self, line: bytes) -> None:
-        if not line.strip():
-            return
         commands, errors = parse_line(line)
-        for err in errors:
-            if err.startswith("not JSON"):
-                log.warning("handler stdout is not protocol, dropped: %s", quote(line))
-            else:
-                log.warning("handler line dropped: %s: %s", err, quote(line))
+        if errors:
+            if not line or line.isspace():
+                return  # blank lines are allowed
+            for err in errors:
+                if err.startswith("not JSON"):
+                    log.warning("handler stdout is not protocol, dropped: %s", quote(line))
+                else:
+                    log.warning("handler line dropped: %s: %s", err, quote(line))
         for cmd in commands:
             if type(cmd) is Write:
                 self._write(cmd, line)

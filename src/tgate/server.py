@@ -9,7 +9,9 @@ handler's stdin gets one batched write per scheduling round.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import gc
 import logging
 import socket
 from collections.abc import Callable
@@ -57,6 +59,8 @@ ACCEPT_ERROR_BACKOFF = 0.1
 #: Accept at most this many connections in a row before letting others run.
 ACCEPT_BATCH = 64
 HANDLER_READ_SIZE = 1 << 18
+#: When this many clients have left since the peak, return freed memory.
+TRIM_AFTER_LEAVING = 1000
 #: At most this many 64 KiB reads of unprocessed input are drained at close.
 DISCARD_READS = 16
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -91,10 +95,27 @@ def _discard_input(sock: socket.socket) -> None:
     """
     try:
         for _ in range(DISCARD_READS):
-            if not sock.recv(65536):
+            if not sock.recv_into(_SCRATCH):
                 return
     except OSError:  # EAGAIN: drained; anything else: nothing left to save
         return
+
+
+def _malloc_trim() -> None:
+    # A full collection also empties the interpreter's free lists, whose
+    # cached objects would otherwise pin half-empty arenas.
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+#: One receive buffer for every socket read: reads are copied into the
+#: client's buffer at once, and no read allocates (and fragments) a
+#: max-size block of its own.
+_SCRATCH = bytearray(1 << 16)
+_SCRATCH_VIEW = memoryview(_SCRATCH)
 
 
 class ListenError(Exception):
@@ -304,7 +325,11 @@ class Gateway:
                     continue
                 room = c.buffer.room()
                 try:
-                    data = sock.recv(room)
+                    if room <= len(_SCRATCH):
+                        n = sock.recv_into(_SCRATCH_VIEW, room)
+                        data = _SCRATCH_VIEW[:n]
+                    else:
+                        data = memoryview(sock.recv(room))
                 except BlockingIOError:
                     await wait_readable(sock)
                     continue
@@ -312,14 +337,16 @@ class Gateway:
                     log.debug("client %d: read error: %s", c.id, exc)
                     self._finish(conn, "reset")
                     return
-                if not data:
+                got = len(data)
+                if not got:
                     core.received_eof(c)
                     self._after()
                     return
                 conn.last_read = trio.current_time()
                 core.received(c, data)
+                data.release()
                 self._after()
-                if len(data) < room:
+                if got < room:
                     # The socket is most likely drained: wait instead of
                     # paying for a recv that fails with EAGAIN.
                     await wait_readable(sock)
@@ -463,10 +490,16 @@ class Gateway:
             self._after()
 
     async def _ticker(self) -> None:
+        peak = 0
         while True:
             await trio.sleep(self.core.settings.update_time)
             self.core.tick()
             self._after()
+            # After a crowd leaves, hand the freed heap back to the system.
+            peak = max(peak, len(self.conns))
+            if peak - len(self.conns) >= TRIM_AFTER_LEAVING:
+                _malloc_trim()
+                peak = len(self.conns)
 
     # ------------------------------------------------------------ the handler
 
