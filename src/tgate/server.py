@@ -13,6 +13,7 @@ import ctypes
 import errno
 import gc
 import logging
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ ACCEPT_ERROR_BACKOFF = 0.1
 #: Accept at most this many connections in a row before letting others run.
 ACCEPT_BATCH = 64
 HANDLER_READ_SIZE = 1 << 18
+#: How long a closed client's socket waits for the client's EOF (see _linger).
+LINGER_TIME = 2.0
 #: When this many clients have left since the peak, return freed memory.
 TRIM_AFTER_LEAVING = 1000
 #: At most this many 64 KiB reads of unprocessed input are drained at close.
@@ -149,7 +152,8 @@ class _Wake:
 class Conn:
     """The I/O side of one client."""
 
-    __slots__ = ("client", "closed", "flushing", "last_read", "reader", "sock")
+    __slots__ = ("client", "closed", "flushing", "last_read", "linger_until", "reader",
+                 "reading", "sock")
 
     def __init__(self, sock: socket.socket, client: Client, now: float) -> None:
         self.sock = sock
@@ -158,6 +162,10 @@ class Conn:
         self.flushing = False
         self.closed = False
         self.last_read = now
+        #: its reader task is alive (it lingers over the socket after a close)
+        self.reading = True
+        #: when a lingering close gives up waiting for the client's EOF
+        self.linger_until = 0.0
 
 
 class Gateway:
@@ -176,7 +184,12 @@ class Gateway:
         #: readers waiting for the handler's stdin to drain
         self._parked: set[Conn] = set()
         self._pipe_wake = _Wake()
+        #: the handler's stdin, for writes that skip the writer task (-1: none)
+        self._pipe_fd = -1
         self._slot_free = _Wake()
+        #: closed clients whose sockets wait for the client's EOF
+        self._lingering: set[Conn] = set()
+        self._sweeping = False
         self._per_ip: dict[str, int] = {}
         self._changed = trio.Event()
         self._waiting = 0  # tasks in _wait_until
@@ -227,6 +240,8 @@ class Gateway:
             lsock.close()
             for conn in list(self.conns):
                 self._finish(conn, "shutdown")
+            for conn in list(self._lingering):
+                self._close_socket(conn)
             self.stopped.set()
 
     def _listen(self) -> socket.socket:
@@ -314,8 +329,8 @@ class Gateway:
         try:
             while not conn.closed:
                 if not core.can_read(c):
-                    if c.closing is not None or c.buffer.eof:
-                        return
+                    if c.buffer.eof:
+                        return  # the client sent EOF: nothing more to read
                     if core.pipe_full:
                         self._parked.add(conn)
                     try:
@@ -352,19 +367,56 @@ class Gateway:
                     await wait_readable(sock)
                 else:
                     await checkpoint()
+            await self._linger(conn)
         except trio.ClosedResourceError:
-            pass  # _finish closed the socket under our wait
+            pass  # the socket was closed under our wait
+        finally:
+            conn.reading = False
+
+    async def _linger(self, conn: Conn) -> None:
+        """After a graceful close: our FIN is sent; read and drop what the
+        client still sends until its EOF (or the sweeper's deadline), then
+        close. Closing with unread input would send RST, and a client that
+        receives RST may lose our last reply before reading it (nginx's
+        lingering close)."""
+        sock = conn.sock
+        while True:
+            try:
+                n = sock.recv_into(_SCRATCH_VIEW)
+            except BlockingIOError:
+                await wait_readable(sock)
+                continue
+            except OSError:
+                break
+            if not n:
+                break
+        self._close_socket(conn)
 
     def _service(self, c: Client) -> None:
-        """Act on a client the core touched: flush, close, or wake its reader."""
+        """Act on a client the core touched: write its output, close it, or
+        wake its reader."""
         conn = c.io
         assert isinstance(conn, Conn)
         if conn.closed:
             return
-        if c.out:
-            if not conn.flushing:
-                self._flush(conn)
-            return
+        out = c.out
+        if out:
+            if conn.flushing:
+                return
+            try:
+                n = conn.sock.send(out)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                log.debug("client %d: write error: %s", c.id, exc)
+                self._finish(conn, "reset")
+                return
+            del out[:n]
+            if out:  # the socket is full: wait for it in a task of its own
+                conn.flushing = True
+                assert self._nursery is not None
+                self._nursery.start_soon(self._flush_blocked, conn)
+                return
         if c.closing is not None:
             self._finish(conn, c.closing)
         elif conn.reader.task is not None:
@@ -372,24 +424,6 @@ class Gateway:
                 conn.reader.wake()
             elif self.core.pipe_full:
                 self._parked.add(conn)  # the pipe writer wakes it
-
-    def _flush(self, conn: Conn) -> None:
-        c = conn.client
-        out = c.out
-        try:
-            while out:
-                n = conn.sock.send(out)
-                del out[:n]
-        except BlockingIOError:
-            conn.flushing = True
-            assert self._nursery is not None
-            self._nursery.start_soon(self._flush_blocked, conn)
-            return
-        except OSError as exc:
-            log.debug("client %d: write error: %s", c.id, exc)
-            self._finish(conn, "reset")
-            return
-        self._service(c)
 
     async def _flush_blocked(self, conn: Conn) -> None:
         """Lives only while the client's socket refuses our output."""
@@ -414,17 +448,31 @@ class Gateway:
         self._pulse()
 
     def _finish(self, conn: Conn, reason: str) -> None:
-        """Close the client's socket now and tell the core (and so the handler)."""
+        """The client is gone for the core (and so the handler) from now on.
+
+        After a reset its socket closes at once; otherwise our FIN goes out
+        now and the socket lingers until the client's EOF (see _linger).
+        """
         if conn.closed:
             return
         conn.closed = True
         c = conn.client
         log.debug("client %d disconnected (%s)", c.id, reason)
         sock = conn.sock
-        notify_closing(sock)
-        if reason != "reset":
-            _discard_input(sock)
-        sock.close()
+        if reason == "reset" or not conn.reading:
+            if reason != "reset":
+                _discard_input(sock)
+            self._close_socket(conn)
+        else:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._close_socket(conn)
+            else:
+                conn.linger_until = trio.current_time() + LINGER_TIME
+                self._lingering.add(conn)
+                self._ensure_linger_sweeper()
+                conn.reader.wake()
         self.conns.discard(conn)
         self._slot_free.wake()
         if self.options.max_clients_per_ip:
@@ -435,8 +483,29 @@ class Gateway:
             else:
                 del self._per_ip[ip]
         self.core.gone(c, reason)
-        conn.reader.wake()
         self._after()
+
+    def _close_socket(self, conn: Conn) -> None:
+        self._lingering.discard(conn)
+        if conn.sock.fileno() >= 0:
+            notify_closing(conn.sock)
+            conn.sock.close()
+
+    def _ensure_linger_sweeper(self) -> None:
+        if not self._sweeping and self._nursery is not None:
+            self._sweeping = True
+            self._nursery.start_soon(self._linger_sweeper)
+
+    async def _linger_sweeper(self) -> None:
+        """Closes lingering sockets whose client never sent its EOF."""
+        try:
+            while self._lingering:
+                await trio.sleep(LINGER_TIME / 4)
+                now = trio.current_time()
+                for conn in [x for x in self._lingering if x.linger_until <= now]:
+                    self._close_socket(conn)
+        finally:
+            self._sweeping = False
 
     # ------------------------------------------------------------ plumbing
 
@@ -444,7 +513,12 @@ class Gateway:
         """Carry out what the core decided; called after every core event."""
         core = self.core
         if core.outbox_size:
-            self._pipe_wake.wake()
+            if core.owed <= 1 and self._pipe_wake.task is not None and self._pipe_fd >= 0:
+                # A lone request: write it now rather than a scheduling
+                # round later. Under load the writer task batches instead.
+                self._write_pipe_now()
+            else:
+                self._pipe_wake.wake()
         while core.touched:
             touched = core.touched
             core.touched = set()
@@ -456,6 +530,20 @@ class Gateway:
         else:
             self._owed_since = None
         self._pulse()
+
+    def _write_pipe_now(self) -> None:
+        core = self.core
+        data = core.take_outbox()
+        try:
+            n = os.write(self._pipe_fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            return  # the handler is gone; read_stdout sees it
+        if n < len(data):
+            core.outbox.insert(0, data[n:])
+            core.outbox_size += len(data) - n
+            self._pipe_wake.wake()
 
     def _pulse(self) -> None:
         """Wake whoever waits for some state to change (shutdown, reload)."""
@@ -530,9 +618,6 @@ class Gateway:
             deliberate = outcome in ("reload", "shutdown")
             quarantined = core.handler_lost(crashed=not deliberate)
             self.handler_pid = None
-            if outcome == "exit":
-                with trio.move_on_after(1.0):  # for its exit status in the log
-                    await proc.wait()
             if outcome == "shutdown":
                 await stop(proc)
                 return
@@ -588,6 +673,10 @@ class Gateway:
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         chunk = b""
                     if not chunk:
+                        # EOF usually means it is exiting: give it a moment
+                        # so that the log can say how it ended.
+                        with trio.move_on_after(0.5):
+                            await proc.wait()
                         done("exit" if proc.returncode is not None else "stdout closed")
                         return
                     self._last_output = trio.current_time()
@@ -596,6 +685,13 @@ class Gateway:
 
             async def write_stdin() -> None:
                 core = self.core
+                self._pipe_fd = proc.stdin.fileno()
+                try:
+                    await pump_stdin(core)
+                finally:
+                    self._pipe_fd = -1
+
+            async def pump_stdin(core: Core) -> None:
                 while True:
                     if not core.outbox_size:
                         await self._pipe_wake.wait()

@@ -64,6 +64,8 @@ class HandlerProcess:
         self.stdout = _stream(popen.stdout)
         self.stderr = _stream(popen.stderr)
         self._pidfd: int | None = None
+        self._watching = False
+        self._changed = trio.Event()
         try:
             self._pidfd = os.pidfd_open(popen.pid)
         except (AttributeError, OSError):  # not Linux >= 5.3: wait() polls
@@ -76,12 +78,23 @@ class HandlerProcess:
         return self._popen.poll()
 
     async def wait(self) -> int:
+        """Wait for the exit and return its status; any number of tasks may
+        wait at once (one watches the pidfd, the others its event)."""
         while (code := self._popen.poll()) is None:
-            if self._pidfd is not None:
-                await trio.lowlevel.wait_readable(self._pidfd)
-            else:
-                await trio.sleep(0.05)
-        if self._pidfd is not None:
+            if self._watching:
+                await self._changed.wait()
+                continue
+            self._watching = True
+            try:
+                if self._pidfd is not None:
+                    await trio.lowlevel.wait_readable(self._pidfd)
+                else:
+                    await trio.sleep(0.05)
+            finally:
+                self._watching = False
+                self._changed.set()
+                self._changed = trio.Event()
+        if self._pidfd is not None and not self._watching:
             os.close(self._pidfd)
             self._pidfd = None
         return code
