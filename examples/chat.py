@@ -4,11 +4,16 @@
 - Each complete line a client sends (terminated by ``\\n``; the line is its
   bytes without the ``\\n`` and without one trailing ``\\r``) goes to every
   other client as ``{id}: {line}\\n``. A partial line waits for more bytes; an
-  unterminated last line at end of input is dropped.
+  unterminated last line at end of input is still a line (without one
+  trailing ``\\r``), as tgate's ``--framing line`` delivers it.
 - When a client is gone, every other client gets ``* {id} left\\n``.
+- A client that half-closes is closed once its last line went out.
 
 These exact bytes are the spec: a version of this example in another language
-(e.g. with the Node adapter) must behave byte for byte the same.
+(e.g. with the Node adapter) must behave byte for byte the same, and so must
+this handler under ``tgate --framing line`` (tgate then splits the lines and
+ends each write with ``\\n``) and under the default ``--framing raw`` (the
+handler splits the lines itself).
 
 Give tgate ``python3 examples/chat.py`` as its handler command; it runs from a
 checkout without installing anything.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 
 try:
     from tgate_handler import Client, ServerLoop
@@ -32,21 +38,31 @@ class Chat(ServerLoop):
     def others(self, client: Client) -> list[Client]:
         return [c for c in self.clients.values() if c is not client]
 
-    def client_connected(self, client: Client) -> None:
-        self.broadcast(self.others(client), f"* {client.id} joined\n")
+    def say(self, to: Iterable[Client], line: bytes) -> None:
+        """One line to these clients. In a framed mode each write is one line
+        (tgate adds the line end); in raw mode the handler ends it."""
+        self.broadcast(to, line if self.framing != "raw" else line + b"\n")
 
+    def client_connected(self, client: Client) -> None:
+        self.say(self.others(client), b"* %d joined" % client.id)
+
+    # --framing raw: find the lines in the bytes.
     def process_client_data(self, client: Client, buf: bytes) -> int:
         end = buf.find(b"\n")
-        if end < 0:
-            return 0  # partial line: wait for the rest
-        line = buf[:end]
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        self.broadcast(self.others(client), b"%d: %s\n" % (client.id, line))
-        return end + 1
+        if end >= 0:
+            self.process_frame(client, buf[:end].removesuffix(b"\r"))
+            return end + 1
+        if client.eof:  # an unterminated last line
+            self.process_frame(client, buf.removesuffix(b"\r"))
+            return len(buf)
+        return 0  # partial line: wait for the rest
+
+    # --framing line: tgate found the line.
+    def process_frame(self, client: Client, frame: bytes) -> None:
+        self.say(self.others(client), b"%d: %s" % (client.id, frame))
 
     def client_disconnected(self, client: Client) -> None:
-        self.broadcast(self.others(client), f"* {client.id} left\n")
+        self.say(self.others(client), b"* %d left" % client.id)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,18 @@ while (my $line = <STDIN>) {
         print STDERR "echo.pl: ignoring a line that is not a JSON object: $line";
         next;
     }
-    next unless ($msg->{op} // '') eq 'data';    # ignore every other op, known or not
+    my $op = $msg->{op} // '';
+    # tgate --framing line|crlf|packet2|...: a frame goes back as one frame, and
+    # a client's half-close (eof) is answered by closing it.
+    if ($op eq 'frame') {
+        print $json->encode({ op => 'write', id => 0 + $msg->{id}, data => $msg->{data} // '' }), "\n";
+        next;
+    }
+    if ($op eq 'eof') {
+        print $json->encode({ op => 'close', id => 0 + $msg->{id} }), "\n";
+        next;
+    }
+    next unless $op eq 'data';    # ignore every other op, known or not
     my $id   = 0 + $msg->{id};
     my $data = $msg->{data} // '';
     my $n    = length $data;    # code points = bytes

@@ -61,6 +61,15 @@ def disconnect(cid: int, reason: str = "eof") -> Msg:
 
 
 TICK: Msg = {"op": "tick"}
+LINE_HELLO: Msg = {**HELLO, "framing": "line"}
+
+
+def frame(cid: int, payload: bytes) -> Msg:
+    return {"op": "frame", "id": cid, "data": payload.decode("latin-1")}
+
+
+def eof(cid: int) -> Msg:
+    return {"op": "eof", "id": cid}
 
 
 def encode(*msgs: Msg, ensure_ascii: bool = True) -> bytes:
@@ -95,6 +104,16 @@ def received(lines: list[list[Msg]]) -> dict[int, bytes]:
         if cmd["op"] == "write":
             for cid in cmd["ids"] if "ids" in cmd else [cmd["id"]]:
                 got[cid] = got.get(cid, b"") + cmd["data"].encode("latin-1")
+    return got
+
+
+def line_framed(lines: list[list[Msg]], cid: int) -> bytes:
+    """What a client receives under --framing line: each write is a line, a raw
+    write is bytes as they are."""
+    got = b""
+    for cmd in flat(lines):
+        if cmd["op"] == "write" and cid in (cmd["ids"] if "ids" in cmd else [cmd["id"]]):
+            got += cmd["data"].encode("latin-1") + (b"" if cmd.get("raw") else b"\n")
     return got
 
 
@@ -765,6 +784,314 @@ def test_system_exit_in_handler_flushes_finished_turns() -> None:
     ]
 
 
+# -- framed modes (--framing line|crlf|packet2|packet4|netstring) ------------
+
+
+class FrameRecorder(ServerLoop):
+    """Records frames and eofs; echoes each frame, and closes on a b"quit" frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, Any]] = []
+        self.errors: list[tuple[BaseException, Client | None]] = []
+
+    def process_frame(self, client: Client, frame: bytes) -> None:
+        self.calls.append(("frame", (client.id, frame)))
+        if frame == b"quit":
+            client.close()
+        client.write(frame)
+
+    def client_eof(self, client: Client) -> None:
+        self.calls.append(("eof", (client.id, client.eof)))
+        super().client_eof(client)
+
+    def on_error(self, exc: BaseException, client: Client | None) -> None:
+        self.errors.append((exc, client))
+
+
+def test_hello_sets_framing() -> None:
+    loop = FrameRecorder()
+    assert loop.framing == "raw"
+    run(loop, hello=False)
+    assert loop.framing == "raw"
+    run(loop, LINE_HELLO, hello=False)
+    assert loop.framing == "line"
+    run(loop, {k: v for k, v in HELLO.items() if k != "framing"}, hello=False)
+    assert loop.framing == "raw"  # an old tgate without the field: raw
+
+
+def test_frames_are_delivered_whole_and_get_no_consumed(backend: str) -> None:
+    loop = FrameRecorder()
+    binary = bytes(range(256))
+    lines = run(
+        loop,
+        LINE_HELLO,
+        connect(1),
+        connect(2),
+        frame(1, b"hello"),
+        frame(2, binary),
+        frame(1, b""),
+        TICK,
+        frame(1, b"x\r"),
+        hello=False,
+    )
+    assert loop.calls == [
+        ("frame", (1, b"hello")),
+        ("frame", (2, binary)),
+        ("frame", (1, b"")),
+        ("frame", (1, b"x\r")),
+    ]
+    assert consumed(lines) == []
+    # One line per frame message, one frame per write (an empty frame included).
+    assert lines == [
+        [{"op": "write", "id": 1, "data": "hello"}],
+        [{"op": "write", "id": 2, "data": binary.decode("latin-1")}],
+        [{"op": "write", "id": 1, "data": ""}],
+        [{"op": "write", "id": 1, "data": "x\r"}],
+    ]
+    assert loop.errors == []
+
+
+def test_framed_writes_are_one_frame_each_raw_writes_are_marked_and_coalesced() -> None:
+    class Prompt(ServerLoop):
+        def process_frame(self, client: Client, frame: bytes) -> None:
+            client.write(b"one")
+            client.write("two")
+            client.write(b"")
+            client.write_raw(b"> ")
+            client.write_raw("\u00e9")
+            client.write_raw(b"")  # nothing at all
+            client.write(b"three")
+            self.broadcast(self.clients.values(), b"all")
+            self.broadcast(self.clients.values(), b"all")
+            self.broadcast([2], b"*", raw=True)
+            self.broadcast([2], b"*", raw=True)
+
+    lines = run(Prompt(), {**HELLO, "framing": "crlf"}, connect(1), connect(2), frame(1, b"go"),
+                hello=False)
+    assert lines == [
+        [
+            {"op": "write", "id": 1, "data": "one"},
+            {"op": "write", "id": 1, "data": "two"},
+            {"op": "write", "id": 1, "data": ""},
+            {"op": "write", "id": 1, "data": "> \u00c3\u00a9", "raw": True},
+            {"op": "write", "id": 1, "data": "three"},
+            {"op": "write", "ids": [1, 2], "data": "all"},
+            {"op": "write", "ids": [1, 2], "data": "all"},
+            {"op": "write", "ids": [2], "data": "**", "raw": True},
+        ]
+    ]
+
+
+def test_write_raw_in_raw_mode_is_a_plain_write() -> None:
+    class Both(ServerLoop):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            client.write(b"a")
+            client.write_raw(b"b")
+            client.write(b"")
+            self.broadcast([client], b"c", raw=True)
+            return len(buf)
+
+    assert run(Both(), connect(1), data(1, b"x")) == [
+        [
+            {"op": "write", "id": 1, "data": "ab"},
+            {"op": "write", "ids": [1], "data": "c"},
+            {"op": "consumed", "id": 1, "n": 1},
+        ]
+    ]
+
+
+def test_eof_closes_the_client_by_default_after_its_writes() -> None:
+    loop = FrameRecorder()
+    lines = run(loop, LINE_HELLO, connect(1), connect(2), frame(1, b"last"), eof(1),
+                frame(2, b"still here"), disconnect(1, "closed"), hello=False)
+    assert loop.calls == [
+        ("frame", (1, b"last")),
+        ("eof", (1, True)),  # client.eof is set before client_eof is called
+        ("frame", (2, b"still here")),
+    ]
+    assert lines == [
+        [{"op": "write", "id": 1, "data": "last"}],
+        [{"op": "close", "id": 1}],
+        [{"op": "write", "id": 2, "data": "still here"}],
+    ]
+    assert consumed(lines) == []
+    assert list(loop.clients) == [2]
+
+
+def test_eof_after_the_handler_closed_the_client_calls_nothing() -> None:
+    loop = FrameRecorder()
+    lines = run(loop, LINE_HELLO, connect(1), frame(1, b"quit"), eof(1), hello=False)
+    assert loop.calls == [("frame", (1, b"quit"))]
+    assert lines == [[{"op": "close", "id": 1}]]  # the write after close is dropped
+    assert loop.clients[1].eof
+
+
+def test_overriding_client_eof() -> None:
+    class Polite(FrameRecorder):
+        def client_eof(self, client: Client) -> None:
+            self.calls.append(("eof", (client.id, client.eof)))
+            client.write(b"bye")  # and keep it open until the next tick
+
+        def update(self) -> None:
+            for client in self.clients.values():
+                if client.eof:
+                    client.write_raw(b"!")
+                    client.close()
+
+    loop = Polite()
+    lines = run(loop, LINE_HELLO, connect(1), connect(2), eof(1), TICK, TICK, hello=False)
+    assert lines == [
+        [{"op": "write", "id": 1, "data": "bye"}],
+        [{"op": "write", "id": 1, "data": "!", "raw": True}, {"op": "close", "id": 1}],
+    ]
+    assert [c.eof for c in loop.clients.values()] == [True, False]
+
+
+def test_exception_in_process_frame_closes_only_that_client() -> None:
+    class Crashy(FrameRecorder):
+        def process_frame(self, client: Client, frame: bytes) -> None:
+            if frame == b"boom":
+                client.write(b"partial")
+                self.broadcast(self.clients.values(), b"to all")
+                raise ValueError("bang")
+            super().process_frame(client, frame)
+
+    loop = Crashy()
+    lines = run(
+        loop,
+        LINE_HELLO,
+        connect(1),
+        connect(2),
+        frame(1, b"boom"),
+        frame(2, b"hello"),
+        frame(1, b"ignored: closed"),
+        eof(1),  # client_eof not called: already closed
+        disconnect(1, "closed"),
+        frame(2, b"world"),
+        hello=False,
+    )
+    assert [(str(e), c.id if c else None) for e, c in loop.errors] == [("bang", 1)]
+    assert lines == [
+        [
+            {"op": "write", "id": 1, "data": "partial"},
+            {"op": "write", "ids": [1, 2], "data": "to all"},
+            {"op": "close", "id": 1},
+        ],
+        [{"op": "write", "id": 2, "data": "hello"}],
+        [{"op": "write", "id": 2, "data": "world"}],
+    ]
+    assert loop.calls == [("frame", (2, b"hello")), ("frame", (2, b"world"))]
+
+
+def test_exception_in_client_eof_closes_the_client() -> None:
+    class Bad(FrameRecorder):
+        def client_eof(self, client: Client) -> None:
+            raise RuntimeError("eof failed")
+
+    loop = Bad()
+    lines = run(loop, LINE_HELLO, connect(1), eof(1), hello=False)
+    assert [(str(e), c.id if c else None) for e, c in loop.errors] == [("eof failed", 1)]
+    assert lines == [[{"op": "close", "id": 1}]]
+
+
+def test_process_frame_must_be_overridden(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = run(ServerLoop(), LINE_HELLO, connect(1), connect(2), frame(1, b"x"), eof(2),
+                hello=False)
+    assert lines == [[{"op": "close", "id": 1}], [{"op": "close", "id": 2}]]
+    assert "NotImplementedError: ServerLoop.process_frame" in capsys.readouterr().err
+
+
+def test_frames_and_eofs_for_unknown_clients_are_ignored(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    loop = FrameRecorder()
+    lines = run(
+        loop,
+        LINE_HELLO,
+        frame(9, b"who?"),
+        eof(9),
+        {"op": "frame", "id": "1", "data": "x"},
+        connect(1),
+        {"op": "frame", "id": 1, "data": 5},
+        {"op": "frame", "id": 1, "data": "ok", "future": True},
+        hello=False,
+    )
+    assert lines == [[{"op": "write", "id": 1, "data": "ok"}]]
+    err = capsys.readouterr().err
+    assert "frame for unknown client 9" in err and "eof for unknown client 9" in err
+
+
+def test_framed_output_is_one_write_per_input_chunk() -> None:
+    n = 30
+    msgs = [LINE_HELLO] + [connect(i) for i in range(1, n + 1)]
+    msgs += [frame(i, b"f%d" % i) for i in range(1, n + 1)]
+    msgs += [eof(i) for i in range(1, n + 1)]
+    stream = encode(*msgs)
+    out = CountingWriter()
+    FrameRecorder().run(io.BytesIO(stream), out)
+    assert (out.writes, out.flushes) == (1, 1)
+    lines = parse(out.getvalue())
+    assert len(lines) == 2 * n and consumed(lines) == []
+    assert closes(lines) == list(range(1, n + 1))
+
+    cut = stream.index(b'"op": "eof"')  # mid-line
+    reader = ChunkReader([stream[:cut], stream[cut:]])
+    out = CountingWriter()
+    FrameRecorder().run(reader, out)  # type: ignore[arg-type]
+    assert (out.writes, out.flushes) == (2, 2)
+    assert parse(out.getvalue()) == lines
+
+
+@pytest.mark.parametrize(
+    ("framing", "prefix", "suffix"),
+    [
+        ("line", b"", b"\n"),
+        ("crlf", b"", b"\r\n"),
+        ("packet2", b"\x0c\x00", b""),
+        ("packet4", b"\x00\x00\x0c\x00", b""),
+        ("netstring", b"3072:", b","),
+    ],
+)
+def test_a_frame_over_the_line_limit_is_framed_by_the_adapter(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    framing: str,
+    prefix: bytes,
+    suffix: bytes,
+) -> None:
+    monkeypatch.setattr(tgate_handler, "_MAX_LINE", 4096 + 6 * 300)  # pieces of 300
+    payload = bytes(range(256)) * 12  # about 6,500 bytes of JSON: over the limit
+    loop = FrameRecorder()
+    lines = run(loop, {**HELLO, "framing": framing}, connect(1), frame(1, payload), eof(1),
+                hello=False)
+    # Pieces of one frame would be frames of their own: the adapter frames it and
+    # sends the pieces raw, so the client still gets exactly one frame.
+    *pieces, last = lines
+    assert len(pieces) == 11
+    assert all(cmd.get("raw") is True for line in pieces for cmd in line)
+    assert b"".join(cmd["data"].encode("latin-1") for line in pieces for cmd in line) == (
+        prefix + payload + suffix
+    )
+    assert last == [{"op": "close", "id": 1}]
+    assert "line limit" in capsys.readouterr().err
+
+
+def test_a_frame_too_long_for_packet2_is_dropped(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(tgate_handler, "_MAX_LINE", 4096 + 6 * 1000)
+
+    class Big(ServerLoop):
+        def process_frame(self, client: Client, frame: bytes) -> None:
+            client.write(b"\x00" * 70000)
+            client.write(b"small")
+
+    lines = run(Big(), {**HELLO, "framing": "packet2"}, connect(1), frame(1, b"x"), hello=False)
+    assert lines == [[{"op": "write", "id": 1, "data": "small"}]]
+    assert "cannot be sent in framing 'packet2'" in capsys.readouterr().err
+
+
 # -- the examples, as real processes -----------------------------------------
 
 
@@ -808,19 +1135,71 @@ def test_chat_example_process() -> None:
         data(2, b"\xe9\xff\x00 \r\r\n"),  # binary; only one \r stripped
         data(1, b" you?\n\n"),  # completes the partial line, then an empty line
         disconnect(3, "reset"),
-        data(2, b"unterminated", eof=True),  # dropped
+        data(2, b"unterminated\r", eof=True),  # still a line, as --framing line makes it
         disconnect(2, "eof"),
         TICK,
     )
     proc = run_process(["-S", "examples/chat.py"], stream)
     lines = parse(proc.stdout)
-    assert received(lines) == {
-        1: b"* 2 joined\n* 3 joined\n2: \xe9\xff\x00 \r\n* 3 left\n* 2 left\n",
-        2: b"* 3 joined\n1: hello\n1: how are you?\n1: \n* 3 left\n",
-        3: b"1: hello\n2: \xe9\xff\x00 \r\n1: how are you?\n1: \n",
-    }
+    assert received(lines) == CHAT_RECEIVED
     assert consumed(lines, 1) == [7, 14]
-    assert consumed(lines, 2) == [7, 0]
+    assert consumed(lines, 2) == [7, 13]
+    assert proc.stderr == b""
+
+
+CHAT_RECEIVED = {
+    1: b"* 2 joined\n* 3 joined\n2: \xe9\xff\x00 \r\n* 3 left\n2: unterminated\n* 2 left\n",
+    2: b"* 3 joined\n1: hello\n1: how are you?\n1: \n* 3 left\n",
+    3: b"1: hello\n2: \xe9\xff\x00 \r\n1: how are you?\n1: \n",
+}
+
+
+def test_chat_example_process_line_framing() -> None:
+    """The same conversation as test_chat_example_process, as tgate --framing line
+    delivers it: the clients receive the same bytes."""
+    stream = encode(
+        LINE_HELLO,
+        connect(1),
+        connect(2),
+        connect(3),
+        frame(1, b"hello"),
+        frame(2, b"\xe9\xff\x00 \r"),
+        frame(1, b"how are you?"),
+        frame(1, b""),
+        disconnect(3, "reset"),
+        frame(2, b"unterminated"),
+        eof(2),
+        disconnect(2, "closed"),
+        TICK,
+    )
+    proc = run_process(["-S", "examples/chat.py"], stream)
+    lines = parse(proc.stdout)
+    assert consumed(lines) == []
+    assert closes(lines) == [2]
+    assert flat(lines)[0] == {"op": "write", "ids": [1], "data": "* 2 joined"}
+    # tgate ends each write with "\n": what the clients get is the raw-mode bytes.
+    assert {cid: line_framed(lines, cid) for cid in (1, 2, 3)} == CHAT_RECEIVED
+    assert proc.stderr == b""
+
+
+def test_echo_example_process_framed() -> None:
+    payload = bytes(range(256))
+    stream = encode(
+        {**HELLO, "framing": "packet2"},
+        connect(1),
+        frame(1, payload),
+        frame(1, b""),
+        TICK,
+        eof(1),
+        disconnect(1, "closed"),
+        ensure_ascii=False,
+    )
+    proc = run_process(["-S", "examples/echo.py"], stream)
+    assert parse(proc.stdout) == [
+        [{"op": "write", "id": 1, "data": payload.decode("latin-1")}],
+        [{"op": "write", "id": 1, "data": ""}],
+        [{"op": "close", "id": 1}],
+    ]
     assert proc.stderr == b""
 
 

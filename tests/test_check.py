@@ -247,3 +247,132 @@ def test_every_example_handler_passes(capsys: pytest.CaptureFixture[str], name: 
     assert rc == 0, out
     passed, failed = summary(out)
     assert failed == 0 and passed >= 10
+
+
+# -- framed modes (--framing) ------------------------------------------------
+
+BROKEN_FRAMED = FIXTURES / "broken_framed_handler.py"
+FRAMED_ROWS = [
+    "hello-silence",
+    "frames",
+    "ids-live",
+    "close",
+    "disconnect-pending",
+    "ticks",
+    "many-clients",
+    "binary",
+    "eof",
+    "unknown-ops",
+    "stdin-eof",
+    "valid-lines",
+]
+
+
+@pytest.mark.parametrize("name", ["echo.py", "echo.js", "chat.py", "chat.js"])
+def test_examples_pass_in_line_framing(capsys: pytest.CaptureFixture[str], name: str) -> None:
+    from conftest import example
+
+    code, out = check(capsys, example(name), "--framing", "line")
+    assert code == 0, out
+    assert summary(out) == (len(FRAMED_ROWS), 0)
+    for scenario in FRAMED_ROWS:
+        assert row(out, scenario).endswith("| PASS"), row(out, scenario)
+    assert "(handler driven as tgate --framing line drives it)" in out
+    assert "no consumed" in row(out, "frames")
+    assert "closed on eof in" in row(out, "eof")
+    if name.startswith("echo"):
+        assert "5 frames, no consumed; 5 writes back (33 bytes framed)" in row(out, "frames")
+
+
+@pytest.mark.parametrize(
+    ("name", "framing"),
+    [
+        ("echo.py", "netstring"),
+        ("echo.js", "packet2"),
+        ("echo.py", "packet4"),
+        pytest.param("echo.pl", "crlf", marks=needs_perl),
+    ],
+)
+def test_echoes_pass_in_other_framings(
+    capsys: pytest.CaptureFixture[str], name: str, framing: str
+) -> None:
+    from conftest import example
+
+    scenarios = ["frames", "binary", "eof", "many-clients"]
+    code, out = check(
+        capsys, example(name), "--framing", framing, *(f"--scenario={s}" for s in scenarios)
+    )
+    assert code == 0, out
+    assert summary(out) == (len(scenarios) + 1, 0)
+    assert f"bytes 0..255 in 5 frames ({framing}); still serving" in row(out, "binary") or (
+        framing == "crlf" and "in 3 frames (crlf)" in row(out, "binary")
+    )
+
+
+def test_framed_handler_sending_consumed_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = check(
+        capsys, py(BROKEN_FRAMED, "consumed"), "--framing", "line",
+        "--scenario", "frames", "--scenario", "eof",
+    )
+    assert code == 1, out
+    assert summary(out) == (1, 2)  # valid-lines passes: the lines are well-formed
+    assert row(out, "frames").endswith("| FAIL")
+    assert (
+        "consumed n=5 for client 1: consumed is invalid in --framing line "
+        "(frames need no reply; tgate drops the line)"
+    ) in out
+
+
+def test_framed_handler_that_never_closes_after_eof_fails(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    started = time.monotonic()
+    code, out = check(
+        capsys, py(BROKEN_FRAMED, "noclose"), "--framing", "netstring", "--timeout", "1",
+        "--scenario", "eof", "--scenario", "frames", "--scenario", "stdin-eof",
+    )
+    assert time.monotonic() - started < 15
+    assert code == 1, out
+    assert row(out, "eof").endswith("| FAIL")
+    assert row(out, "frames").endswith("| PASS")  # only what needs the close fails
+    assert row(out, "stdin-eof").endswith("| PASS")
+    assert (
+        "timed out after 1 s waiting for a close for client 1 after its eof (5 frames before "
+        "it): in --framing netstring the handler must send close for a client that sent eof"
+    ) in out
+
+
+def test_framed_writes_after_disconnect_fail(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = check(
+        capsys, py(BROKEN_FRAMED, "ghost"), "--framing", "line", "--scenario", "ids-live"
+    )
+    assert code == 1, out
+    assert (
+        "broadcast write of 6 bytes for client 2 after its disconnect (the handler had "
+        "already closed client 1 in answer to an eof sent after that disconnect)"
+    ) in out
+
+
+def test_framed_write_that_cannot_be_framed_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = check(
+        capsys, py(BROKEN_FRAMED, "toolong"), "--framing", "packet2", "--scenario", "frames"
+    )
+    assert code == 1, out
+    assert (
+        "write of 70000 bytes cannot be framed in --framing packet2: 70000 bytes do not fit "
+        "a 2-byte length prefix (tgate drops it)"
+    ) in out
+
+
+def test_raw_only_scenarios_are_refused_in_a_framed_mode(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([py(LINE_ECHO), "--framing", "line", "--scenario", "split"])
+    assert exc.value.code == 2
+    assert "scenario 'split' is not run with --framing line" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([py(LINE_ECHO), "--scenario", "frames"])
+    assert "scenario 'frames' is not run with --framing raw" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([py(LINE_ECHO), "--framing", "bogus"])

@@ -237,3 +237,23 @@ def test_core_framed_crash_replays_partial_frames_not_sent_ones() -> None:
     core.handler_output(b"[]\n")  # output after the frame: no longer in flight
     core.handler_lost(crashed=True)
     assert c.strikes == 0
+
+
+@pytest.mark.parametrize(("mode", "stream", "reason"), [
+    ("netstring", b"2:ok,abc:", "malformed"),
+    ("packet2", b"\x00\x02ok\xff\xff", "overflow"),
+    ("line", b"ok\n" + b"x" * 70, "overflow"),
+])
+def test_frames_before_bad_bytes_are_still_delivered(mode: str, stream: bytes,
+                                                     reason: str) -> None:
+    core = framed_core(mode, max_bufsize=64, bufsize=64)
+    c = core.connect(PEER, LOCAL)
+    sent(core)
+    msgs = []
+    while stream and c.closing is None:  # read as the shell does: at most room()
+        take = c.buffer.room()
+        core.received(c, stream[:take])
+        stream = stream[take:]
+        msgs += sent(core)
+    assert msgs == [{"op": "frame", "id": 1, "data": "ok"}]
+    assert c.closing == reason

@@ -26,14 +26,18 @@ export type DisconnectReason =
   | 'quarantined'
   | 'slow'
   | 'idle'
+  | 'malformed'
   | (string & {});
+
+/** tgate's --framing modes (later versions may add some). */
+export type Framing = 'raw' | 'line' | 'crlf' | 'packet2' | 'packet4' | 'netstring' | (string & {});
 
 /** The first message tgate sends. */
 export interface Hello {
   op: 'hello';
   protocol: number;
   tgate: string;
-  framing: string;
+  framing: Framing;
   bufsize: number;
   max_bufsize: number;
   /** Seconds between ticks (calls to update()). */
@@ -52,14 +56,23 @@ export class Client<State = unknown> {
   readonly local: Address;
   /** What clientConnected() returned: your per-client state. */
   data: State;
-  /** True once the client has half-closed: the bytes being processed are its last. */
+  /**
+   * True once the client has half-closed: the bytes being processed are its
+   * last (framed modes: set before clientEof()).
+   */
   readonly eof: boolean;
   /** Why the client went away; set just before clientDisconnected(). */
   readonly reason: DisconnectReason | undefined;
   /** True once close() was called or the client disconnected; write() is then ignored. */
   readonly closed: boolean;
-  /** Queue bytes for this client. Ignored once the client is closed or gone. */
+  /**
+   * Queue bytes for this client. Ignored once the client is closed or gone. In
+   * a framed mode the bytes are one frame (tgate frames them; an empty write is
+   * an empty frame).
+   */
   write(data: Bytes): void;
+  /** Queue bytes that tgate sends unframed (`"raw": true`). In raw mode, the same as write(). */
+  writeRaw(data: Bytes): void;
   /** Close the client once its queued writes are sent (a `disconnect` with reason `closed` follows). */
   close(): void;
   /** `client 3 (127.0.0.1:40312)` */
@@ -70,6 +83,8 @@ export class Client<State = unknown> {
 export type HookName =
   | 'clientConnected'
   | 'processClientData'
+  | 'processFrame'
+  | 'clientEof'
   | 'clientDisconnected'
   | 'update';
 
@@ -85,13 +100,27 @@ export interface Hooks<State = unknown> {
    * through onError() and closes this client only.
    */
   processClientData?(this: ServerLoop<State>, client: Client<State>, buf: Buffer): number;
+  /**
+   * Framed modes (`tgate --framing line|crlf|packet2|packet4|netstring`): one
+   * whole frame, without its delimiter or length prefix. No reply, no byte
+   * counting. Throwing (or a rejected promise) reports the error through
+   * onError() and closes this client only.
+   */
+  processFrame?(this: ServerLoop<State>, client: Client<State>, frame: Buffer): void | Promise<void>;
+  /**
+   * Framed modes: the client half-closed after its last frame (client.eof is
+   * true). The connection stays open until closed; the default calls
+   * client.close(), which tgate carries out once the writes queued before it
+   * are sent. Throwing closes the client.
+   */
+  clientEof?(this: ServerLoop<State>, client: Client<State>): void;
   /** The client is gone (client.reason says why; it has left `clients`). Called exactly once. */
   clientDisconnected?(this: ServerLoop<State>, client: Client<State>): void;
   /** Called on each `tick` (every hello.update_time seconds). */
   update?(this: ServerLoop<State>): void;
   /**
-   * Handler code failed. When `hook` is clientConnected or processClientData the
-   * client has been closed. Default: one line naming the client, then the stack, on stderr.
+   * Handler code failed. When `hook` is clientConnected, processClientData,
+   * processFrame or clientEof the client has been closed. Default: one line naming the client, then the stack, on stderr.
    */
   onError?(this: ServerLoop<State>, err: unknown, client: Client<State> | null, hook: HookName): void;
 }
@@ -123,6 +152,10 @@ export interface RunOptions {
  * that tgate applies them atomically. All the output of one stdin chunk goes
  * out in one stdout write.
  *
+ * In a framed mode (`framing` is not 'raw') tgate sends `frame` and `eof`
+ * messages instead of `data`: override processFrame() (and, if needed,
+ * clientEof()); no `consumed` is sent, and each write() is one frame.
+ *
  * **Stdout carries protocol lines only.** When run() uses the real
  * process.stdout, it routes the global console (log, info, debug, warn, dir,
  * table, ...) to stderr for the rest of the process, so a stray console.log
@@ -134,9 +167,13 @@ export class ServerLoop<State = unknown> {
   readonly clients: Map<number, Client<State>>;
   /** tgate's `hello` message, once received. */
   readonly hello: Hello | null;
+  /** The framing mode from `hello` ('raw' until then). */
+  readonly framing: Framing;
 
   clientConnected(client: Client<State>): State;
   processClientData(client: Client<State>, buf: Buffer): number;
+  processFrame(client: Client<State>, frame: Buffer): void | Promise<void>;
+  clientEof(client: Client<State>): void;
   clientDisconnected(client: Client<State>): void;
   update(): void;
   onError(err: unknown, client: Client<State> | null, hook: HookName): void;
@@ -144,9 +181,14 @@ export class ServerLoop<State = unknown> {
   /**
    * Send the same bytes to several clients in one `write` line with `ids`.
    * Closed, gone and duplicate clients are skipped; a Map (e.g. `this.clients`)
-   * is iterated by its values.
+   * is iterated by its values. In a framed mode the bytes are one frame to
+   * each client, or sent unframed with `{ raw: true }`.
    */
-  broadcast(clients: Iterable<Client<State> | number> | Map<number, Client<State>>, data: Bytes): void;
+  broadcast(
+    clients: Iterable<Client<State> | number> | Map<number, Client<State>>,
+    data: Bytes,
+    options?: { raw?: boolean },
+  ): void;
 
   /**
    * Serve until stdin ends. Resolves once all output is flushed; rejects if
@@ -155,7 +197,7 @@ export class ServerLoop<State = unknown> {
   run(options?: RunOptions): Promise<void>;
 
   /** @internal */
-  _write(client: Client<State>, data: Bytes): void;
+  _write(client: Client<State>, data: Bytes, raw?: boolean): void;
   /** @internal */
   _close(client: Client<State>): void;
 }

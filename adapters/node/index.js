@@ -15,6 +15,18 @@
 //   }
 //   await new Echo().run();
 //
+// Framed modes (tgate --framing line|crlf|packet2|packet4|netstring, see
+// this.framing): tgate splits the client's bytes into frames and sends each as
+// a `frame` message; override processFrame(client, frame) instead, and
+// clientEof(client) for the client's half-close (the default closes it once
+// the writes queued before are out). No `consumed` is sent. Each write() is one
+// frame, which tgate frames (in `line` mode it appends the "\n"); writeRaw()
+// sends bytes unframed.
+//
+//   class LineEcho extends ServerLoop {
+//     processFrame(client, frame) { client.write(frame); }
+//   }
+//
 // Stdout carries protocol lines only. When run() writes to the real
 // process.stdout it re-routes the global console (console.log, info, debug,
 // warn, dir, table, ...) to stderr, so a stray console.log cannot corrupt the
@@ -32,10 +44,14 @@ const MAX_LINE_BYTES = 16 * 1024 * 1024;
 const HOOKS = [
   'clientConnected',
   'processClientData',
+  'processFrame',
+  'clientEof',
   'clientDisconnected',
   'update',
   'onError',
 ];
+/** Hooks whose failure closes the client. */
+const CLOSING_HOOKS = new Set(['clientConnected', 'processClientData', 'processFrame', 'clientEof']);
 // Per-client state the loop keeps out of the public surface.
 const LOOP = Symbol('tgate.loop');
 const MIRROR = Symbol('tgate.mirror');
@@ -70,14 +86,35 @@ function serialize(cmd) {
   switch (cmd.op) {
     case 'write': {
       const data = cmd.parts.length === 1 ? cmd.parts[0] : cmd.parts.join('');
-      return cmd.ids
-        ? JSON.stringify({ op: 'write', ids: cmd.ids, data })
-        : JSON.stringify({ op: 'write', id: cmd.id, data });
+      const obj = cmd.ids ? { op: 'write', ids: cmd.ids, data } : { op: 'write', id: cmd.id, data };
+      if (cmd.raw) obj.raw = true;
+      return JSON.stringify(obj);
     }
     case 'consumed':
       return `{"op":"consumed","id":${cmd.id},"n":${cmd.n}}`;
     default:
       return JSON.stringify({ op: cmd.op, id: cmd.id });
+  }
+}
+
+/** A payload (latin-1 string) framed as tgate frames it; null if it cannot be. */
+function frameWire(framing, s) {
+  const n = s.length;
+  switch (framing) {
+    case 'line':
+      return s + '\n';
+    case 'crlf':
+      return s + '\r\n';
+    case 'packet2':
+      return n < 0x10000 ? String.fromCharCode(n >>> 8, n & 0xff) + s : null;
+    case 'packet4':
+      return n < 2 ** 32
+        ? String.fromCharCode(n >>> 24, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff) + s
+        : null;
+    case 'netstring':
+      return `${n}:${s},`;
+    default:
+      return null;
   }
 }
 
@@ -106,7 +143,10 @@ export class Client {
     this.local = local;
     /** Whatever clientConnected() returned: your per-client state. */
     this.data = undefined;
-    /** True once the client has half-closed: the current data is its last. */
+    /**
+     * True once the client has half-closed: the current data is its last (in
+     * framed modes: set before clientEof()).
+     */
     this.eof = false;
     /** The disconnect reason (`eof`, `reset`, `closed`, ...), set on disconnect. */
     this.reason = undefined;
@@ -116,9 +156,17 @@ export class Client {
     Object.defineProperty(this, MIRROR, { value: EMPTY, writable: true });
   }
 
-  /** Queue bytes for this client (Buffer/Uint8Array as is, string as UTF-8). */
+  /**
+   * Queue bytes for this client (Buffer/Uint8Array as is, string as UTF-8). In
+   * a framed mode they are one frame, which tgate frames.
+   */
   write(data) {
-    this[LOOP]._write(this, data);
+    this[LOOP]._write(this, data, false);
+  }
+
+  /** Queue bytes that tgate sends unframed (`"raw": true`). In raw mode: write(). */
+  writeRaw(data) {
+    this[LOOP]._write(this, data, true);
   }
 
   /** Close this client once its queued writes are sent. */
@@ -136,6 +184,8 @@ export class ServerLoop {
   clients = new Map();
   /** The `hello` message, once received. */
   hello = null;
+  /** The framing mode `hello` announced: 'raw' (the default), 'line', 'crlf', 'packet2', ... */
+  framing = 'raw';
 
   #pending = []; // commands not yet in a line: {op, id, ids, parts, n}
   #lines = []; // serialized lines of this turn
@@ -153,7 +203,8 @@ export class ServerLoop {
 
   /**
    * @param hooks optional functions overriding the methods of the same name:
-   *   clientConnected, processClientData, clientDisconnected, update, onError.
+   *   clientConnected, processClientData, processFrame, clientEof,
+   *   clientDisconnected, update, onError.
    */
   constructor(hooks = undefined) {
     if (hooks == null) return;
@@ -183,6 +234,24 @@ export class ServerLoop {
     throw new Error('processClientData is not implemented: override it or pass it to the constructor');
   }
 
+  /**
+   * Framed modes: one whole frame from this client (without its delimiter or
+   * length prefix). Nothing to return. It may be async: a rejected promise is
+   * reported like a throw, which closes this client.
+   */
+  processFrame(client, frame) {
+    throw new Error('processFrame is not implemented: override it or pass it to the constructor');
+  }
+
+  /**
+   * Framed modes: the client half-closed (client.eof is true). The connection
+   * stays open until it is closed: the default closes it, once the writes
+   * queued before are sent.
+   */
+  clientEof(client) {
+    client.close();
+  }
+
   /** The client is gone (client.reason says why). Called exactly once. */
   clientDisconnected(client) {}
 
@@ -196,10 +265,7 @@ export class ServerLoop {
    */
   onError(err, client, hook) {
     const who = client ? String(client) : 'no client';
-    const closing =
-      client && (hook === 'clientConnected' || hook === 'processClientData')
-        ? `; closing client ${client.id}`
-        : '';
+    const closing = client && CLOSING_HOOKS.has(hook) ? `; closing client ${client.id}` : '';
     const first = err instanceof Error ? `${err.name}: ${err.message}` : inspect(err);
     const stack = err instanceof Error && err.stack ? err.stack : inspect(err);
     this.#stderr.write(
@@ -209,8 +275,11 @@ export class ServerLoop {
 
   // ---- commands ------------------------------------------------------------
 
-  /** The same bytes to several clients, in one `write` line with `ids`. */
-  broadcast(clients, data) {
+  /**
+   * The same bytes to several clients, in one `write` line with `ids`. In a
+   * framed mode they are one frame to each, or unframed with `{ raw: true }`.
+   */
+  broadcast(clients, data, { raw = false } = {}) {
     const iter = clients instanceof Map ? clients.values() : clients;
     if (iter == null || typeof iter[Symbol.iterator] !== 'function') {
       throw new TypeError('broadcast(clients, data): clients must be an iterable of Client or id');
@@ -225,22 +294,41 @@ export class ServerLoop {
       }
       if (client && !client.closed && client[LOOP] === this) seen.add(client.id);
     }
-    if (seen.size === 0 || s.length === 0) return;
-    const ids = [...seen];
-    const last = this.#pending[this.#pending.length - 1];
-    if (last && last.op === 'write' && last.ids && sameIds(last.ids, ids)) last.parts.push(s);
-    else this.#pending.push({ op: 'write', ids, parts: [s] });
-    this.#schedule();
+    if (seen.size === 0) return;
+    this.#queueWrite({ op: 'write', ids: [...seen] }, s, raw);
   }
 
-  /** @internal use client.write() */
-  _write(client, data) {
+  /** @internal use client.write() or client.writeRaw() */
+  _write(client, data, raw = false) {
     if (client.closed || client[LOOP] !== this) return;
-    const s = toWire(data);
-    if (s.length === 0) return;
-    const last = this.#pending[this.#pending.length - 1];
-    if (last && last.op === 'write' && !last.ids && last.id === client.id) last.parts.push(s);
-    else this.#pending.push({ op: 'write', id: client.id, parts: [s] });
+    this.#queueWrite({ op: 'write', id: client.id }, toWire(data), raw);
+  }
+
+  /**
+   * Queue a write. Consecutive writes of plain bytes to the same target are
+   * coalesced; in a framed mode a frame is a write of its own (and may be
+   * empty), and only raw writes carry `raw: true`.
+   */
+  #queueWrite(cmd, s, raw) {
+    const framed = this.framing !== 'raw';
+    if (!framed || raw) {
+      if (s.length === 0) return;
+      const last = this.#pending[this.#pending.length - 1];
+      if (
+        last &&
+        last.op === 'write' &&
+        last.coalesce &&
+        (cmd.ids ? last.ids && sameIds(last.ids, cmd.ids) : !last.ids && last.id === cmd.id)
+      ) {
+        last.parts.push(s);
+        this.#schedule();
+        return;
+      }
+      cmd.coalesce = true;
+      if (framed) cmd.raw = true;
+    }
+    cmd.parts = [s];
+    this.#pending.push(cmd);
     this.#schedule();
   }
 
@@ -355,6 +443,10 @@ export class ServerLoop {
     switch (m.op) {
       case 'data':
         return this.#onData(m);
+      case 'frame':
+        return this.#onFrame(m);
+      case 'eof':
+        return this.#onEof(m);
       case 'connect':
         return this.#onConnect(m);
       case 'disconnect':
@@ -362,7 +454,10 @@ export class ServerLoop {
       case 'tick':
         return this.#guard(null, 'update', () => this.update());
       case 'hello':
-        if (this.hello === null) this.hello = m;
+        if (this.hello === null) {
+          this.hello = m;
+          if (typeof m.framing === 'string') this.framing = m.framing;
+        }
         return;
       default:
         return; // unknown ops are for later versions
@@ -435,6 +530,41 @@ export class ServerLoop {
     }
     client[MIRROR] = buf;
     return total;
+  }
+
+  #onFrame(m) {
+    const client = typeof m.id === 'number' ? this.clients.get(m.id) : undefined;
+    if (client === undefined) {
+      this.#stderr.write(`tgate-handler: ignoring a frame for unknown client ${JSON.stringify(m.id)}\n`);
+      return;
+    }
+    if (client.closed) return;
+    const frame = typeof m.data === 'string' ? Buffer.from(m.data, 'latin1') : EMPTY;
+    let r;
+    try {
+      r = this.processFrame(client, frame);
+    } catch (err) {
+      this.#fail(err, client, 'processFrame');
+      return;
+    }
+    if (r !== null && typeof r === 'object' && typeof r.then === 'function') {
+      r.then(undefined, (err) => this.#fail(err, client, 'processFrame'));
+    }
+  }
+
+  #onEof(m) {
+    const client = typeof m.id === 'number' ? this.clients.get(m.id) : undefined;
+    if (client === undefined) {
+      this.#stderr.write(`tgate-handler: ignoring an eof for unknown client ${JSON.stringify(m.id)}\n`);
+      return;
+    }
+    client.eof = true;
+    if (client.closed) return;
+    try {
+      this.clientEof(client);
+    } catch (err) {
+      this.#fail(err, client, 'clientEof');
+    }
   }
 
   #onDisconnect(m) {
@@ -518,14 +648,27 @@ export class ServerLoop {
   #splitLine(cmds) {
     const max = this.#maxLine - 3; // "[", "]", "\n"
     const items = [];
-    for (const cmd of cmds) {
+    for (let cmd of cmds) {
       const s = serialize(cmd);
       const b = Buffer.byteLength(s);
       if (b <= max || cmd.op !== 'write') {
         items.push([s, b]);
         continue;
       }
-      const data = cmd.parts.join('');
+      let data = cmd.parts.join('');
+      if (this.framing !== 'raw' && !cmd.raw) {
+        // Pieces of a frame would be frames of their own: frame it here and
+        // send the pieces unframed.
+        const framed = frameWire(this.framing, data);
+        if (framed === null) {
+          this.#stderr.write(
+            `tgate-handler: a frame of ${data.length} bytes cannot be sent in framing ${JSON.stringify(this.framing)}; dropped\n`,
+          );
+          continue;
+        }
+        data = framed;
+        cmd = { ...cmd, raw: true };
+      }
       const overhead = Buffer.byteLength(serialize({ ...cmd, parts: [''] }));
       const step = Math.floor((max - overhead) / 6); // "\u0000" is 6 bytes
       if (step < 1) throw new RangeError('tgate-handler: broadcast id list too long for one line');

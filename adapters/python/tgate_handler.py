@@ -17,8 +17,8 @@ uses ``orjson`` when installed) speaks that protocol for you: subclass
 
 and give tgate ``python3 echo.py`` as its handler command.
 
-Callbacks (only ``process_client_data`` is required; they run one at a time, on the
-thread calling ``run``):
+Callbacks (only ``process_client_data`` is required, or ``process_frame`` in a
+framed mode; they run one at a time, on the thread calling ``run``):
 
 ``client_connected(client)``
     A client connected. Its return value becomes ``client.data`` (per-client
@@ -33,6 +33,19 @@ thread calling ``run``):
     When ``client.eof`` is true the client has closed its sending side and this is
     the last call for these bytes: unconsumed bytes are then discarded, so this is
     the place to handle a trailing partial message.
+``process_frame(client, frame)``
+    Framed modes only (``tgate --framing line|crlf|packet2|packet4|netstring``,
+    see ``self.framing``): tgate split the client's bytes into frames and this is
+    one whole frame, without its delimiter or length prefix. Nothing to return,
+    no byte counting. An exception is reported through ``on_error`` and closes
+    THAT client only.
+``client_eof(client)``
+    Framed modes only: the client half-closed (``client.eof`` is now true) after
+    its last frame. The connection stays open for your writes until you close it:
+    the default calls ``client.close()``, which tgate carries out once the writes
+    queued before it are sent (as in raw mode, where EOF ends a client once its
+    replies are out). Override it to answer something first, or to keep writing
+    later; an exception is reported and closes the client.
 ``client_disconnected(client)``
     The client is gone; ``client.reason`` says why (``"eof"``, ``"reset"``,
     ``"closed"``, ``"shutdown"``, ... see the protocol). Called exactly once per
@@ -52,6 +65,13 @@ handling one message from tgate go out in ONE line, together with the
 atomically (this is what makes handler restarts exact). Writes and closes for a
 client that is closed or gone are silently ignored. Commands may only be issued
 from callbacks: the adapter is not thread-safe.
+
+In a framed mode each ``client.write(data)`` (and each ``broadcast``) is ONE
+frame: tgate frames it (in ``line`` mode it appends the newline, so write
+``b"hello"``, not ``b"hello\n"``), and an empty write is an empty frame.
+``client.write_raw(data)`` (or ``broadcast(..., raw=True)``) sends bytes as they
+are, unframed (a prompt without a newline, say). In raw mode both are plain
+writes.
 
 stdout carries the protocol and nothing else. ``print()`` output must go to
 stderr (``print(..., file=sys.stderr)``); tgate relays stderr to its own,
@@ -137,7 +157,8 @@ class Client:
 
     Attributes: ``id`` (tgate's id, never reused), ``peer`` and ``local``
     (``(host, port)``), ``data`` (what ``client_connected`` returned), ``eof``
-    (the client half-closed: the bytes being processed are its last), ``reason``
+    (the client half-closed: the bytes being processed are its last; in framed
+    modes, set before ``client_eof``), ``reason``
     (the disconnect reason, once gone) and ``closed`` (closed by the handler or
     gone: writes are ignored).
     """
@@ -162,12 +183,19 @@ class Client:
         self.closed = False
 
     def write(self, data: Data) -> None:
-        """Queue bytes for this client (a ``str`` is encoded as UTF-8)."""
+        """Queue bytes for this client (a ``str`` is encoded as UTF-8).
+
+        In a framed mode the bytes are one frame, which tgate frames."""
         if self.closed:
             return
-        wire = _to_wire(data)
-        if wire:
-            self._loop._queue_write(self.id, wire)
+        self._loop._queue_write(self.id, _to_wire(data), False)
+
+    def write_raw(self, data: Data) -> None:
+        """Queue bytes for this client that tgate sends as they are, unframed
+        (``"raw": true``). In raw mode this is :meth:`write`."""
+        if self.closed:
+            return
+        self._loop._queue_write(self.id, _to_wire(data), True)
 
     def close(self) -> None:
         """Ask tgate to close this client once its pending writes are sent."""
@@ -185,15 +213,18 @@ class ServerLoop:
 
     ``clients`` maps ids to the connected clients (including the ones the handler
     closed, until tgate reports them gone). ``hello`` is tgate's ``hello``
-    message (``bufsize``, ``max_bufsize``, ``update_time``, ...). A subclass
+    message (``bufsize``, ``max_bufsize``, ``update_time``, ...) and ``framing``
+    its framing mode (``"raw"`` until ``hello`` says otherwise). A subclass
     defining ``__init__`` must call ``super().__init__()``.
     """
 
     def __init__(self) -> None:
         self.clients: dict[int, Client] = {}
         self.hello: dict[str, Any] = {}
-        # Commands of the current turn: (id or list of ids, parts of the data).
-        self._writes: list[tuple[int | list[int], list[str]]] = []
+        self.framing = "raw"
+        # Commands of the current turn: (id or list of ids, parts of the data,
+        # raw: sent unframed in a framed mode). In raw mode every write is raw.
+        self._writes: list[tuple[int | list[int], list[str], bool]] = []
         self._closes: list[int] = []
         self._lines: list[bytes] = []  # finished output lines of the current input chunk
 
@@ -210,6 +241,19 @@ class ServerLoop:
         bytes is reported through ``on_error`` and closed.
         """
         raise NotImplementedError(f"{type(self).__name__}.process_client_data is not implemented")
+
+    def process_frame(self, client: Client, frame: bytes) -> None:
+        """Framed modes: handle one whole frame from this client.
+
+        Not overriding it is an error: each client that sends a frame is
+        reported through ``on_error`` and closed.
+        """
+        raise NotImplementedError(f"{type(self).__name__}.process_frame is not implemented")
+
+    def client_eof(self, client: Client) -> None:
+        """Framed modes: the client half-closed. The default closes it once
+        the writes queued so far are sent."""
+        client.close()
 
     def client_disconnected(self, client: Client) -> None:
         """The client is gone (``client.reason`` says why)."""
@@ -229,10 +273,11 @@ class ServerLoop:
 
     # -- commands ----------------------------------------------------------
 
-    def broadcast(self, clients: Iterable[Client | int], data: Data) -> None:
+    def broadcast(self, clients: Iterable[Client | int], data: Data, *, raw: bool = False) -> None:
         """Send the same bytes to several clients, in one ``write`` command with ``ids``.
 
-        Clients (or ids) that are closed or unknown are skipped.
+        Clients (or ids) that are closed or unknown are skipped. In a framed
+        mode the bytes are one frame to each, or unframed with ``raw=True``.
         """
         wire = _to_wire(data)
         ids: list[int] = []
@@ -243,15 +288,24 @@ class ServerLoop:
                 continue
             seen.add(client.id)
             ids.append(client.id)
-        if ids and wire:
-            self._queue_write(ids, wire)
+        if ids:
+            self._queue_write(ids, wire, raw)
 
-    def _queue_write(self, target: int | list[int], wire: str) -> None:
+    def _queue_write(self, target: int | list[int], wire: str, raw: bool) -> None:
+        framed = self.framing != "raw"
+        if not framed:
+            if not wire:
+                return  # nothing to send
+            raw = True
+        elif raw and not wire:
+            return  # an empty frame means something; empty raw bytes do not
         writes = self._writes
-        if writes and writes[-1][0] == target:  # coalesce consecutive writes
+        # Coalesce consecutive writes of plain bytes to the same target; a
+        # frame is a write of its own.
+        if raw and writes and writes[-1][2] and writes[-1][0] == target:
             writes[-1][1].append(wire)
         else:
-            writes.append((target, [wire]))
+            writes.append((target, [wire], raw))
 
     # -- running -----------------------------------------------------------
 
@@ -324,6 +378,10 @@ class ServerLoop:
         op = msg.get("op")
         if op == "data":
             self._on_data(msg)
+        elif op == "frame":
+            self._on_frame(msg)
+        elif op == "eof":
+            self._on_eof(msg)
         elif op == "tick":
             self._on_tick()
         elif op == "connect":
@@ -342,12 +400,17 @@ class ServerLoop:
         the closes after the writes changes nothing else.
         """
         objs: list[dict[str, Any]] = []
-        for target, parts in self._writes:
+        framed = self.framing != "raw"
+        for target, parts, raw in self._writes:
             data = parts[0] if len(parts) == 1 else "".join(parts)
-            if isinstance(target, int):
-                objs.append({"op": "write", "id": target, "data": data})
-            else:
-                objs.append({"op": "write", "ids": target, "data": data})
+            obj: dict[str, Any] = (
+                {"op": "write", "id": target, "data": data}
+                if isinstance(target, int)
+                else {"op": "write", "ids": target, "data": data}
+            )
+            if raw and framed:
+                obj["raw"] = True
+            objs.append(obj)
         if consumed is not None:
             objs.append({"op": "consumed", "id": consumed[0], "n": consumed[1]})
         objs.extend({"op": "close", "id": cid} for cid in self._closes)
@@ -372,11 +435,25 @@ class ServerLoop:
         rest: list[dict[str, Any]] = []
         # Worst case 6 bytes per code point (``\u0000``), plus room for the ids.
         step = max(1, (_MAX_LINE - 4096) // 6)
+        framed = self.framing != "raw"
         for obj in objs:
             if obj["op"] != "write":
                 rest.append(obj)
                 continue
             text: str = obj["data"]
+            if framed and not obj.get("raw"):
+                # Pieces of a frame would be frames of their own: frame it
+                # here and send the pieces unframed.
+                if len(text) <= step:
+                    self._lines.append(_dumps(obj) + b"\n")
+                    continue
+                framed_text = _frame(self.framing, text)
+                if framed_text is None:
+                    _log(f"a frame of {len(text)} bytes cannot be sent in framing "
+                         f"{self.framing!r}; dropped")
+                    continue
+                text = framed_text
+                obj = {**obj, "raw": True}
             for start in range(0, len(text), step):
                 piece = {**obj, "data": text[start : start + step]}
                 self._lines.append(_dumps(piece) + b"\n")
@@ -454,6 +531,38 @@ class ServerLoop:
         client._buf = buf[total:] if total else buf
         return total
 
+    def _on_frame(self, msg: dict[str, Any]) -> None:
+        cid = msg.get("id")
+        if not _is_int(cid):
+            _log(f"ignoring frame with an invalid id: {cid!r}")
+            return
+        client = self.clients.get(cid)
+        text = msg.get("data")
+        if client is None:
+            _log(f"ignoring a frame for unknown client {cid}")
+        elif not isinstance(text, str):
+            _log(f"client {cid}: frame data is not a string; ignored")
+        elif not client.closed:
+            try:
+                self.process_frame(client, text.encode("latin-1"))
+            except Exception as exc:
+                self._fail(exc, client)
+        self._end_turn(None)
+
+    def _on_eof(self, msg: dict[str, Any]) -> None:
+        cid = msg.get("id")
+        client = self.clients.get(cid) if _is_int(cid) else None
+        if client is None:
+            _log(f"ignoring an eof for unknown client {cid!r}")
+            return
+        client.eof = True
+        if not client.closed:
+            try:
+                self.client_eof(client)
+            except Exception as exc:
+                self._fail(exc, client)
+        self._end_turn(None)
+
     def _on_connect(self, msg: dict[str, Any]) -> None:
         cid = msg.get("id")
         if not _is_int(cid):
@@ -498,6 +607,8 @@ class ServerLoop:
         if msg.get("protocol") != PROTOCOL_VERSION:
             _log(f"tgate speaks protocol {msg.get('protocol')!r}, this adapter {PROTOCOL_VERSION}")
         self.hello = msg
+        framing = msg.get("framing", "raw")
+        self.framing = framing if isinstance(framing, str) else "raw"
         # A new session: forget every client (tgate replays the live ones).
         old = list(self.clients.values())
         self.clients = {}
@@ -506,6 +617,24 @@ class ServerLoop:
         for client in old:
             self._gone(client, "reset")
         self._end_turn(None)
+
+
+def _frame(framing: str, text: str) -> str | None:
+    """A payload (latin-1 string) framed as tgate would frame it, or None if
+    it cannot be (too long for the prefix, or a framing this adapter does
+    not know)."""
+    n = len(text)
+    if framing == "line":
+        return text + "\n"
+    if framing == "crlf":
+        return text + "\r\n"
+    if framing == "packet2" and n < 1 << 16:
+        return n.to_bytes(2, "big").decode("latin-1") + text
+    if framing == "packet4" and n < 1 << 32:
+        return n.to_bytes(4, "big").decode("latin-1") + text
+    if framing == "netstring":
+        return f"{n}:{text},"
+    return None
 
 
 @contextlib.contextmanager

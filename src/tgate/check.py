@@ -19,14 +19,27 @@ What the checker has to assume, being unable to read the handler's mind:
 
 - A handler reads its stdin in order. "Nothing for a client after its
   disconnect" is judged from the moment the handler has answered a ``data``
-  sent after that ``disconnect``; before that, a reply may be on its way.
+  sent after that ``disconnect``; before that, a reply may be on its way. In
+  framed modes, where nothing is answered, the proof is the handler's
+  ``close`` of a client whose ``eof`` was sent after that ``disconnect``
+  (taken as the answer to that ``eof``).
 - A handler's output depends only on the bytes its clients send, not on time,
   chance or the client ids. A handler that writes to other clients than the
   sender (a chat) is recognised with a bystander client, and then the
   per-client streams of many interleaved clients are not compared.
 
-Usage: ``tgate check-handler "python3 my_handler.py" [--timeout S]``, or
-``python -m tgate.check "python3 my_handler.py"``.
+With ``--framing line|crlf|packet2|packet4|netstring`` the checker plays a
+gateway in that framed mode: ``hello`` names the framing, clients send whole
+``frame`` messages (no reply is expected, so there is nothing to split at the
+protocol level) and ``eof`` when they half-close, and the checks become: no
+``consumed`` ever; writes (framed as tgate would frame them, or ``raw``) only to
+known, live ids; a client that sent ``eof`` is closed by the handler within the
+timeout; many interleaved clients each get what they get alone. The end of a
+client's output is recognised by that close, so a handler that never closes
+after ``eof`` fails every scenario that needs it, each saying so.
+
+Usage: ``tgate check-handler "python3 my_handler.py" [--timeout S] [--framing MODE]``,
+or ``python -m tgate.check "python3 my_handler.py"``.
 """
 
 from __future__ import annotations
@@ -47,12 +60,17 @@ import orjson
 import trio
 
 from tgate import __version__
+from tgate.framing import FRAMINGS, FrameError, Framer, framer_class
 
 # A probe stream: text lines, then bytes that need JSON escapes (NUL, TAB, '"',
 # '\\'), DEL, the UTF-8-encoded latin-1 range 0x80..0xFF, CRLF, and an
 # unterminated tail that a line-based handler leaves unconsumed.
 PROBE = b"hello\nworld\n" + b'\x00\x01\t"\\/\x7f\x80\xa0\xc3\xa9\xfe\xff\r\n' + b"tail"
 BINARY = bytes(range(256)) + b"\n"
+# Framed modes: whole frames, valid in every mode (none holds a LF, so they are
+# lines too): text, an empty frame, bytes that need JSON escapes and the
+# latin-1 range, and a trailing CR (a line "tail\r\r\n" is the frame "tail\r").
+FRAMES = [b"hello", b"world", b"", b'\x00\x01\t"\\/\x7f\x80\xa0\xc3\xa9\xfe\xff', b"tail\r"]
 MANY_CLIENTS = 20
 GRACE = 0.5  # seconds between stdin EOF, SIGTERM and SIGKILL when cleaning up
 # After a scenario's script, the checker closes stdin and reads the handler's output
@@ -136,6 +154,9 @@ class Client:
     closed_by_handler: bool = False
     disconnect_seq: int | None = None  # sequence number of our disconnect line
     fenced: bool = False  # the handler has provably seen the disconnect
+    fence_proof: str = ""  # how we know it has (for the message)
+    frames_sent: int = 0  # framed modes: frame messages sent
+    eof_seq: int | None = None  # framed modes: sequence number of our eof line
     writes: int = 0  # write ops addressed to this client (kept or not)
     out: bytearray = field(default_factory=bytearray)  # bytes tgate would send the client
 
@@ -151,9 +172,11 @@ class Client:
 class Session:
     """One handler process, driven as tgate would drive it."""
 
-    def __init__(self, proc: trio.Process, tag: str) -> None:
+    def __init__(self, proc: trio.Process, tag: str, framing: str = "raw") -> None:
         self.proc = proc
         self.tag = tag
+        self.framing = framing
+        self.framer: type[Framer] | None = framer_class(framing)
         self.clients: dict[int, Client] = {}
         self.violations: list[str] = []  # protocol misbehaviour (bounds, ids, replies)
         self.line_errors: list[str] = []  # lines that are not valid protocol v1
@@ -186,7 +209,7 @@ class Session:
             "op": "hello",
             "protocol": 1,
             "tgate": __version__,
-            "framing": "raw",
+            "framing": self.framing,
             "bufsize": 128,
             "max_bufsize": 65536,
             "update_time": 1.0,
@@ -207,6 +230,8 @@ class Session:
 
     def data(self, cid: int, chunk: bytes, *, eof: bool = False, **extra: object) -> bool:
         """Send new bytes for a client; False if tgate would not (client gone or at EOF)."""
+        if self.framer is not None:
+            raise RuntimeError("checker bug: data in a framed mode")
         c = self.clients[cid]
         if c.gone or c.eof_sent:
             return False
@@ -223,10 +248,64 @@ class Session:
         c.awaiting = self.send(msg)
         return True
 
+    def frames(self, cid: int, payloads: Sequence[bytes], **extra: object) -> int:
+        """Framed modes: send whole frames for a client (no reply is expected);
+        returns how many tgate would send (none once the client is gone or at EOF)."""
+        if self.framer is None:
+            raise RuntimeError("checker bug: frames in raw mode")
+        c = self.clients[cid]
+        sent = 0
+        for payload in payloads:
+            if c.gone or c.eof_sent:
+                break
+            msg: Msg = {"op": "frame", "id": cid, "data": payload.decode("latin-1")}
+            msg.update(extra)
+            self.send(msg)
+            c.frames_sent += 1
+            sent += 1
+        return sent
+
+    def eof(self, cid: int, **extra: object) -> bool:
+        """Framed modes: the client half-closed. The handler must close it."""
+        c = self.clients[cid]
+        if self.framer is None:
+            raise RuntimeError("checker bug: eof in raw mode")
+        if c.gone or c.eof_sent:
+            return False
+        c.eof_sent = True
+        msg: Msg = {"op": "eof", "id": cid}
+        msg.update(extra)
+        c.eof_seq = self.send(msg)
+        return True
+
+    async def closed(self, *cids: int) -> None:
+        """Framed modes: wait until the handler has closed these clients (after their eof)."""
+        while True:
+            waiting = [
+                self.clients[cid]
+                for cid in cids
+                if not (self.clients[cid].closed_by_handler or self.clients[cid].gone)
+            ]
+            if not waiting:
+                return
+            c = waiting[0]
+            more = f" (and {len(waiting) - 1} other clients)" if len(waiting) > 1 else ""
+            await self.wait_change(
+                f"a close for client {c.cid}{more} after its eof ({c.frames_sent} frames "
+                f"before it): in --framing {self.framing} the handler must send close for a "
+                "client that sent eof, once it has answered it"
+            )
+
     def disconnect(self, cid: int, reason: str) -> None:
         c = self.clients[cid]
-        if not c.gone:
-            c.disconnect_seq = self.send({"op": "disconnect", "id": cid, "reason": reason})
+        if c.gone:
+            return
+        if self.eof_requested:
+            # e.g. a close that arrived after we closed the handler's stdin:
+            # the client is gone, but there is no one left to tell.
+            c.disconnect_seq = self.seq + 1
+            return
+        c.disconnect_seq = self.send({"op": "disconnect", "id": cid, "reason": reason})
 
     def tick(self) -> None:
         self.send({"op": "tick"})
@@ -501,6 +580,8 @@ class Session:
             data = msg.get("data")
             if not isinstance(data, str):
                 return f"write data is missing or not a string: {_short(repr(data), 40)}"
+            if "raw" in msg and not isinstance(msg["raw"], bool):
+                return f"write raw is not true or false: {_short(repr(msg['raw']), 40)}"
             try:
                 data.encode("latin-1")
             except UnicodeEncodeError as exc:
@@ -525,18 +606,29 @@ class Session:
             self._violation(f"{what} for unknown client id {cid} (never connected)")
             return None
         if c.fenced:
-            self._violation(
-                f"{what} for client {cid} after its disconnect (the handler had already "
-                "answered data sent after that disconnect)"
-            )
+            self._violation(f"{what} for client {cid} after its disconnect ({c.fence_proof})")
             return None
         return c
+
+    def _fence(self, seq: int, proof: str) -> None:
+        """The handler has read every line up to `seq`: disconnects before it are known."""
+        for other in self.clients.values():
+            if other.disconnect_seq is not None and other.disconnect_seq < seq and not other.fenced:
+                other.fenced = True
+                other.fence_proof = proof
 
     def _apply(self, msg: dict[str, object]) -> None:
         op = msg["op"]
         if op == "consumed":
             cid, n = msg["id"], msg["n"]
             assert isinstance(cid, int) and isinstance(n, int)
+            if self.framer is not None:
+                # tgate drops it with a warning: in framed modes nothing is owed.
+                self._violation(
+                    f"consumed n={n} for client {cid}: consumed is invalid in --framing "
+                    f"{self.framing} (frames need no reply; tgate drops the line)"
+                )
+                return
             c = self._target(cid, f"consumed n={n}")
             if c is None:
                 return
@@ -559,13 +651,22 @@ class Session:
                 self.disconnect(cid, "error")
             else:
                 c.consumed += n
-            for other in self.clients.values():
-                if other.disconnect_seq is not None and other.disconnect_seq < answered:
-                    other.fenced = True
+            self._fence(
+                answered, "the handler had already answered data sent after that disconnect"
+            )
         elif op == "write":
             data = msg["data"]
             assert isinstance(data, str)
             raw = data.encode("latin-1")
+            if self.framer is not None and msg.get("raw") is not True:
+                try:
+                    raw = self.framer.encode(raw)
+                except FrameError as exc:
+                    self._violation(
+                        f"write of {len(raw)} bytes cannot be framed in --framing "
+                        f"{self.framing}: {exc} (tgate drops it)"
+                    )
+                    return
             raw_ids = msg["ids"] if "ids" in msg else [msg["id"]]
             assert isinstance(raw_ids, list)
             what = "broadcast write" if "ids" in msg else "write"
@@ -585,6 +686,14 @@ class Session:
                 return
             self.closes += 1
             c.closed_by_handler = True
+            if c.eof_seq is not None:
+                # Closing after the eof proves the handler read up to it (a
+                # handler reads its stdin in order).
+                self._fence(
+                    c.eof_seq,
+                    f"the handler had already closed client {cid} in answer to an eof "
+                    "sent after that disconnect",
+                )
             # tgate flushes the client's writes, closes it, then tells the handler
             self.disconnect(cid, "closed")
 
@@ -628,9 +737,10 @@ class Verdict:
 
 
 class Checker:
-    def __init__(self, argv: list[str], timeout: float) -> None:
+    def __init__(self, argv: list[str], timeout: float, framing: str = "raw") -> None:
         self.argv = argv
         self.timeout = timeout
+        self.framing = framing
         self.runs: list[Run] = []
         self.scenario = ""  # the scenario being run, to label invalid lines
         self.limiter = trio.CapacityLimiter(PARALLEL_RUNS)
@@ -655,7 +765,7 @@ class Checker:
         except OSError as exc:
             return Run(tag, None, f"cannot start handler {shlex.join(self.argv)}: {exc}")
         label = tag if tag == self.scenario else f"{self.scenario}: {tag}"
-        session = Session(proc, label)
+        session = Session(proc, label, self.framing)
         error: str | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(session.write_stdin)
@@ -701,6 +811,18 @@ class Checker:
             await s.drive({1: plan})
 
         return await self.run(tag or "unsplit run", body)
+
+    async def framed_reference(self, tag: str = "client alone") -> Run:
+        """Framed modes: one client sends FRAMES and eof; the handler closes it."""
+
+        async def body(s: Session) -> None:
+            s.hello()
+            s.connect(1)
+            s.frames(1, FRAMES)
+            s.eof(1)
+            await s.closed(1)
+
+        return await self.run(tag, body)
 
 
 # -- scenarios -------------------------------------------------------------
@@ -1035,6 +1157,294 @@ async def sc_stdin_eof(ck: Checker) -> Verdict:
         seen += f" {info['ms']:.0f} ms after stdin EOF"
     return ck.verdict(seen, [run], extra)
 
+# -- scenarios in the framed modes ---------------------------------------------
+
+
+def binary_frames(framing: str) -> list[bytes]:
+    """Frames holding every byte 0..255 that the framing can carry in a frame."""
+    if framing in ("line", "crlf"):  # a line holds no LF
+        return [bytes(range(10)), bytes(range(11, 256)), bytes(range(0x80, 0x100)) * 4 + b"\r"]
+    return [bytes(range(256)), bytes(range(255, -1, -1)), b"\n\n\n\r\n", b"", b"\x00" * 300]
+
+
+async def fr_frames(ck: Checker) -> Verdict:
+    async def body(s: Session) -> None:
+        s.hello()
+        s.connect(1)
+        s.frames(1, FRAMES)
+        s.tick()
+        await s.settle(ck.quiet)  # answers, and any consumed, come now
+
+    run = await ck.run("frames", body)
+    seen = "no run"
+    if run.session is not None:
+        c = run.session.clients[1]
+        seen = (
+            f"{c.frames_sent} frames, no consumed; {c.writes} writes back "
+            f"({len(c.out)} bytes framed)"
+        )
+        if c.ns or run.session.violations:
+            seen = "replies that are not allowed in a framed mode"
+    return ck.verdict(seen, [run])
+
+
+async def fr_ids_live(ck: Checker) -> Verdict:
+    async def body(s: Session) -> None:
+        s.hello()
+        for cid in (1, 2, 3):
+            s.connect(cid)
+            s.frames(cid, FRAMES)
+        s.disconnect(2, "reset")
+        s.frames(1, [b"more"])
+        s.eof(1)
+        await s.closed(1)  # the handler read the disconnect of client 2
+        s.tick()
+        s.frames(3, [b"again"])
+        s.connect(4)
+        s.frames(4, FRAMES)
+        s.eof(3)
+        s.eof(4)
+        await s.closed(3, 4)
+        await s.settle(ck.quiet)
+
+    run = await ck.run("ids-live", body)
+    seen = "no run"
+    if run.session is not None:
+        writes = sum(c.writes for c in run.session.clients.values())
+        seen = f"{writes} client writes over {run.session.line_count} lines, all to live ids"
+        if run.session.violations:
+            seen = "writes to ids that are unknown or gone"
+    return ck.verdict(seen, [run])
+
+
+async def fr_close(ck: Checker) -> Verdict:
+    last = len(REASONS) + 1
+
+    async def body(s: Session) -> None:
+        s.hello()
+        for cid, reason in enumerate(REASONS, 1):
+            s.connect(cid)
+            s.frames(cid, FRAMES)
+            s.disconnect(cid, reason)
+        s.connect(last)
+        s.frames(last, FRAMES)
+        s.eof(last)
+        await s.closed(last)  # fences every client above
+        await s.settle(ck.quiet)
+
+    run = await ck.run("close", body)
+    seen = f"survived all {len(REASONS)} disconnect reasons; nothing for closed clients"
+    return ck.verdict(seen, [run])
+
+
+async def fr_disconnect_pending(ck: Checker) -> Verdict:
+    async def body(s: Session) -> None:
+        s.hello()
+        s.connect(1)
+        s.connect(2)
+        s.frames(1, FRAMES)  # still being handled when the client resets
+        s.disconnect(1, "reset")
+        s.frames(2, FRAMES)
+        s.eof(2)
+        await s.closed(2)  # closing after that eof: the disconnect was read
+        s.tick()
+        s.connect(3)
+        s.frames(3, FRAMES)
+        s.eof(3)
+        await s.closed(3)
+        await s.settle(ck.quiet)
+
+    run = await ck.run("disconnect-pending", body)
+    return ck.verdict("nothing for client 1 after its disconnect", [run])
+
+
+async def fr_ticks(ck: Checker) -> Verdict:
+    async def body(s: Session) -> None:
+        s.hello()
+        s.tick()
+        s.connect(1)
+        s.tick()
+        s.frames(1, FRAMES[:2])
+        s.tick()
+        s.tick()
+        s.frames(1, FRAMES[2:])
+        s.tick()
+        s.eof(1)
+        s.tick()
+        await s.closed(1)
+        for _ in range(5):
+            s.tick()
+        s.connect(2)
+        s.frames(2, FRAMES)
+        s.eof(2)
+        await s.closed(2)
+        await s.settle(ck.quiet)
+
+    run = await ck.run("ticks", body)
+    return ck.verdict("10 ticks, no reply needed; still serving afterwards", [run])
+
+
+async def fr_many(ck: Checker) -> Verdict:
+    n = MANY_CLIENTS
+    reference = await ck.framed_reference()
+    info: dict[str, int] = {}
+
+    async def bystander(s: Session) -> None:
+        s.hello()
+        s.connect(1)
+        s.connect(2)
+        await s.settle(ck.quiet)  # greetings for client 2, if any, come now
+        info["before"] = s.clients[2].writes
+        s.frames(1, FRAMES)
+        s.eof(1)
+        await s.closed(1)  # client 1's frames were handled: did client 2 get anything?
+        info["after"] = s.clients[2].writes
+
+    probe = await ck.run("bystander", bystander)
+    cross = info.get("after", 0) > info.get("before", 0)
+
+    async def many(s: Session) -> None:
+        s.hello()
+        for cid in range(1, n + 1):
+            s.connect(cid)
+        for i in range(len(FRAMES)):  # round robin: one frame per client at a time
+            for cid in range(1, n + 1):
+                s.frames(cid, FRAMES[i : i + 1])
+        for cid in range(1, n + 1):
+            s.eof(cid)
+        await s.closed(*range(1, n + 1))
+
+    run = await ck.run(f"{n} clients", many)
+    extra: list[str] = []
+    runs = [reference, probe, run]
+    if cross:
+        seen = f"{n} clients served; writes across clients, so streams not compared"
+    else:
+        expected = reference.out(1)
+        mismatches = [
+            f"client {cid} (frames interleaved with {n - 1} others): output differs from the "
+            f"same frames sent alone: {_diff(expected, run.out(cid))}"
+            for cid in range(1, n + 1)
+            if run.out(cid) != expected
+        ]
+        if reference.problems or run.problems:
+            mismatches = []
+        extra += mismatches[:3]
+        if len(mismatches) > 3:
+            extra.append(f"... and {len(mismatches) - 3} more clients whose output differs")
+        seen = f"{n} interleaved clients, each got the output it gets alone"
+        if mismatches:
+            seen = f"{len(mismatches)} of {n} clients got other output than alone"
+    return ck.verdict(seen, runs, extra)
+
+
+async def fr_binary(ck: Checker) -> Verdict:
+    frames = binary_frames(ck.framing)
+
+    async def body(s: Session) -> None:
+        s.hello()
+        s.connect(1)
+        s.frames(1, frames)
+        s.eof(1)
+        await s.closed(1)
+        s.connect(2)
+        s.frames(2, frames[::-1])
+        s.connect(3)
+        s.frames(3, FRAMES)
+        s.eof(2)
+        s.eof(3)
+        await s.closed(2, 3)
+        await s.settle(ck.quiet)
+
+    run = await ck.run("binary", body)
+    return ck.verdict(
+        f"bytes 0..255 in {len(frames)} frames ({ck.framing}); still serving", [run]
+    )
+
+
+async def fr_eof(ck: Checker) -> Verdict:
+    info: dict[str, float] = {}
+
+    async def body(s: Session) -> None:
+        s.hello()
+        s.connect(1)
+        s.connect(2)
+        s.connect(3)
+        s.frames(1, FRAMES)
+        s.frames(3, FRAMES[:2])
+        t0 = trio.current_time()
+        s.eof(1)
+        await s.closed(1)
+        info["1"] = trio.current_time() - t0
+        t0 = trio.current_time()
+        s.eof(2)  # no frame at all
+        await s.closed(2)
+        info["2"] = trio.current_time() - t0
+        s.frames(3, FRAMES[2:])  # client 3 was not at EOF: still served
+        s.eof(3)
+        await s.closed(3)
+        await s.settle(ck.quiet)
+
+    run = await ck.run("eof", body)
+    seen = "no close after eof"
+    if "2" in info:
+        seen = (
+            f"closed on eof in {info['1'] * 1000:.0f} ms (after {len(FRAMES)} frames) "
+            f"and {info['2'] * 1000:.0f} ms (no frame)"
+        )
+    return ck.verdict(seen, [run])
+
+
+async def fr_unknown(ck: Checker) -> Verdict:
+    reference = await ck.framed_reference("without unknown ops")
+
+    async def body(s: Session) -> None:
+        s.hello(features=["future"], limits={"x": 1})
+        s.send({"op": "future-op", "what": "ignore me"})
+        s.connect(1, tls=True, proxy=None)
+        s.send({"op": "future-op", "id": 1, "data": "not client bytes"})
+        s.frames(1, FRAMES, ts=1.5, seq=[1, 2])
+        s.eof(1, why="future")
+        await s.closed(1)
+
+    run = await ck.run("with unknown ops", body)
+    extra = []
+    if not reference.problems and not run.problems and run.out(1) != reference.out(1):
+        extra.append(
+            "output to client 1 changed when unknown ops and fields were added: "
+            + _diff(reference.out(1), run.out(1))
+        )
+    seen = "ignored: same output as without them"
+    if extra:
+        seen = "unknown ops/fields changed the output"
+    return ck.verdict(seen, [reference, run], extra)
+
+
+async def fr_stdin_eof(ck: Checker) -> Verdict:
+    info: dict[str, float | int | None] = {}
+
+    async def body(s: Session) -> None:
+        s.hello()
+        s.connect(1)
+        s.connect(2)
+        s.frames(1, FRAMES)
+        s.frames(2, FRAMES[:1])
+        s.eof(1)  # not waiting for its close: a handler must exit whatever it owes
+        await s.settle(ck.quiet)
+        t0 = trio.current_time()
+        info["status"] = await s.finish()
+        info["ms"] = (trio.current_time() - t0) * 1000
+
+    run = await ck.run("stdin-eof", body)
+    status = _as_int(info.get("status"))
+    extra = []
+    if "status" in info and status != 0:
+        extra.append(f"after stdin EOF the handler {describe_status(status)} (expected status 0)")
+    seen = describe_status(status)
+    if "ms" in info:
+        seen += f" {info['ms']:.0f} ms after stdin EOF"
+    return ck.verdict(seen, [run], extra)
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -1059,6 +1469,27 @@ SCENARIOS = [
     Scenario("unknown-ops", "unknown ops and fields ignored", sc_unknown),
     Scenario("stdin-eof", "exit 0 promptly on stdin EOF", sc_stdin_eof),
 ]
+FRAMED_SCENARIOS = [
+    Scenario("hello-silence", "no output after hello; exit 0 on stdin EOF", sc_hello),
+    Scenario("frames", "frames need no reply: never a consumed", fr_frames),
+    Scenario("ids-live", "writes only to known, live ids", fr_ids_live),
+    Scenario("close", "any disconnect reason: survive, then silence", fr_close),
+    Scenario(
+        "disconnect-pending", "nothing for a client after its disconnect", fr_disconnect_pending
+    ),
+    Scenario("ticks", "ticks need no reply; handler survives", fr_ticks),
+    Scenario("many-clients", f"{MANY_CLIENTS} interleaved = each alone", fr_many),
+    Scenario("binary", "bytes 0..255 in frames: valid replies", fr_binary),
+    Scenario("eof", "eof: the handler closes that client", fr_eof),
+    Scenario("unknown-ops", "unknown ops and fields ignored", fr_unknown),
+    Scenario("stdin-eof", "exit 0 promptly on stdin EOF", fr_stdin_eof),
+]
+
+
+def scenarios_for(framing: str) -> list[Scenario]:
+    return SCENARIOS if framing == "raw" else FRAMED_SCENARIOS
+
+
 VALID_LINES = "valid-lines"
 VALID_EXPECTED = "JSON object/array, known ops, typed fields, data <= U+00FF"
 
@@ -1087,9 +1518,13 @@ async def _run_scenario(ck: Checker, scenario: Scenario) -> Row:
     return Row(scenario.name, scenario.expected, verdict)
 
 
-async def check(argv: list[str], timeout: float, names: Sequence[str]) -> list[Row]:
-    ck = Checker(argv, timeout)
-    rows = [await _run_scenario(ck, s) for s in SCENARIOS if not names or s.name in names]
+async def check(
+    argv: list[str], timeout: float, names: Sequence[str], framing: str = "raw"
+) -> list[Row]:
+    ck = Checker(argv, timeout, framing)
+    rows = [
+        await _run_scenario(ck, s) for s in scenarios_for(framing) if not names or s.name in names
+    ]
     # Every line of every run is checked, whichever scenarios were chosen.
     errors = [e for r in ck.runs for e in r.line_errors]
     total = sum(r.session.line_count for r in ck.runs if r.session is not None)
@@ -1105,7 +1540,7 @@ def _cell(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def render(rows: Sequence[Row]) -> str:
+def render(rows: Sequence[Row], framing: str = "raw") -> str:
     seen_width = 72
     table = [
         (
@@ -1137,12 +1572,14 @@ def render(rows: Sequence[Row]) -> str:
             lines += [f"    | {text}" for text in r.verdict.stderr]
     passed = sum(r.ok for r in rows)
     lines.append("")
+    if framing != "raw":
+        lines.append(f"(handler driven as tgate --framing {framing} drives it)")
     lines.append(f"{passed} passed, {len(rows) - passed} failed")
     return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
-    names = [s.name for s in SCENARIOS]
+    names = list(dict.fromkeys(s.name for s in [*SCENARIOS, *FRAMED_SCENARIOS]))
     parser = argparse.ArgumentParser(
         prog="tgate check-handler",
         description=(
@@ -1159,19 +1596,28 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds allowed for each handler run (default 5)",
     )
     parser.add_argument(
+        "--framing",
+        choices=FRAMINGS,
+        default="raw",
+        help="drive the handler as tgate --framing MODE does (default raw): frame and eof "
+        "messages instead of data, no consumed",
+    )
+    parser.add_argument(
         "--scenario",
         action="append",
         choices=names,
         default=[],
         metavar="NAME",
-        help=f"run only this scenario (repeatable): {', '.join(names)}; the "
+        help=f"run only this scenario (repeatable): {', '.join(names)} (one-data and "
+        "split are raw only, frames framed only); the "
         f"{VALID_LINES} row always covers the lines of every run",
     )
     return parser
 
 
 def main(argv: list[str]) -> int:
-    """CLI entry: ``tgate check-handler "CMD" [--timeout S] [--scenario NAME]...``."""
+    """CLI entry: ``tgate check-handler "CMD" [--timeout S] [--framing MODE]
+    [--scenario NAME]...``."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -1182,14 +1628,21 @@ def main(argv: list[str]) -> int:
         parser.error("the handler command is empty")
     if not args.timeout > 0:
         parser.error("--timeout must be positive")
+    available = [s.name for s in scenarios_for(args.framing)]
+    for name in args.scenario:
+        if name not in available:
+            parser.error(
+                f"scenario {name!r} is not run with --framing {args.framing} "
+                f"(choose from {', '.join(available)})"
+            )
     if shutil.which(command[0]) is None:
         print(
             f"tgate check-handler: cannot run {command[0]!r}: not found or not executable",
             file=sys.stderr,
         )
         return 2
-    rows = trio.run(check, command, float(args.timeout), list(args.scenario))
-    print(render(rows), flush=True)
+    rows = trio.run(check, command, float(args.timeout), list(args.scenario), args.framing)
+    print(render(rows, args.framing), flush=True)
     return 0 if all(r.ok for r in rows) else 1
 
 

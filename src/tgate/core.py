@@ -305,13 +305,16 @@ class Core:
         b = c.buffer
         try:
             frames, used = framer.split(b.data, b.max_size)
-        except FrameTooLarge as exc:
-            log.info("client %d disconnected (overflow): %s", c.id, exc)
-            self.close(c, "overflow")
-            return
         except FrameError as exc:
-            log.warning("client %d disconnected (malformed): %s", c.id, exc)
-            self.close(c, "malformed")
+            # The frames before the bad bytes were fine: deliver them first.
+            for payload in exc.frames:
+                self._queue(encode_frame(c.id, payload))
+            if isinstance(exc, FrameTooLarge):
+                log.info("client %d disconnected (overflow): %s", c.id, exc)
+                self.close(c, "overflow")
+            else:
+                log.warning("client %d disconnected (malformed): %s", c.id, exc)
+                self.close(c, "malformed")
             return
         if used:
             b.drop(used)

@@ -18,7 +18,13 @@ FRAMINGS = ("raw", "line", "crlf", "packet2", "packet4", "netstring")
 
 
 class FrameError(Exception):
-    """The client's bytes cannot be frames in this framing (remote error)."""
+    """The client's bytes cannot be frames in this framing (remote error).
+
+    ``frames`` holds the complete frames found before the bad bytes: they
+    were valid and are still delivered.
+    """
+
+    frames: list[bytes] = []  # noqa: RUF012 - replaced per instance by split()
 
 
 class FrameTooLarge(FrameError):
@@ -36,7 +42,18 @@ class Framer:
         many bytes of ``buf`` they used. ``buf`` is not modified; the caller
         drops the used bytes and calls again only with more bytes appended.
         Raises FrameTooLarge when the next frame cannot fit in max_size
-        bytes, FrameError when the bytes are not valid frames."""
+        bytes, FrameError when the bytes are not valid frames; either way
+        the exception's ``frames`` are the valid frames before the bad bytes."""
+        frames: list[bytes] = []
+        try:
+            used = self._split(buf, max_size, frames)
+        except FrameError as exc:
+            exc.frames = frames
+            raise
+        return frames, used
+
+    def _split(self, buf: bytearray, max_size: int, frames: list[bytes]) -> int:
+        """Append complete frames to ``frames``; return the bytes used."""
         raise NotImplementedError
 
     def tail(self, rest: bytes) -> bytes | None:
@@ -63,14 +80,13 @@ class LineFramer(Framer):
     def __init__(self) -> None:
         self._scanned = 0  # bytes of the held partial line already searched
 
-    def split(self, buf: bytearray, max_size: int) -> tuple[list[bytes], int]:
+    def _split(self, buf: bytearray, max_size: int, frames: list[bytes]) -> int:
         end = buf.find(b"\n", self._scanned)
         if end < 0:
             self._scanned = len(buf)
             if len(buf) >= max_size:
                 raise FrameTooLarge(f"line longer than {max_size} bytes")
-            return [], 0
-        frames = []
+            return 0
         start = 0
         while end >= 0:
             if end - start >= max_size:
@@ -82,7 +98,7 @@ class LineFramer(Framer):
         self._scanned = len(buf) - start
         if self._scanned >= max_size:
             raise FrameTooLarge(f"line longer than {max_size} bytes")
-        return frames, start
+        return start
 
     def tail(self, rest: bytes) -> bytes | None:
         if not rest:
@@ -111,8 +127,7 @@ class PacketFramer(Framer):
     size: ClassVar[int]
     fmt: ClassVar[str]
 
-    def split(self, buf: bytearray, max_size: int) -> tuple[list[bytes], int]:
-        frames = []
+    def _split(self, buf: bytearray, max_size: int, frames: list[bytes]) -> int:
         pos = 0
         have = len(buf)
         size = self.size
@@ -124,7 +139,7 @@ class PacketFramer(Framer):
                 break
             frames.append(bytes(buf[pos + size : pos + size + n]))
             pos += size + n
-        return frames, pos
+        return pos
 
     @classmethod
     def encode(cls, payload: bytes) -> bytes:
@@ -157,8 +172,7 @@ class NetstringFramer(Framer):
     __slots__ = ()
     name = "netstring"
 
-    def split(self, buf: bytearray, max_size: int) -> tuple[list[bytes], int]:
-        frames = []
+    def _split(self, buf: bytearray, max_size: int, frames: list[bytes]) -> int:
         pos = 0
         have = len(buf)
         while pos < have:
@@ -181,7 +195,7 @@ class NetstringFramer(Framer):
                 raise FrameError(f"netstring of {n} bytes not followed by ','")
             frames.append(bytes(buf[colon + 1 : end]))
             pos = end + 1
-        return frames, pos
+        return pos
 
     @staticmethod
     def encode(payload: bytes) -> bytes:

@@ -131,14 +131,17 @@ def parse_command(obj: object) -> Command:
     op = obj.get("op")
     if op == "write":
         data = _data(obj)
+        raw = obj.get("raw", False)
+        if type(raw) is not bool:
+            raise HandlerError(f"field 'raw' must be true or false, not {raw!r}")
         if "ids" in obj:
             if "id" in obj:
                 raise HandlerError("write has both 'id' and 'ids'")
             ids = obj["ids"]
             if type(ids) is not list or any(type(i) is not int for i in ids):
                 raise HandlerError("field 'ids' must be a list of integer client ids")
-            return Write(tuple(ids), data, obj.get("raw") is True)
-        return Write((_client_id(obj),), data, obj.get("raw") is True)
+            return Write(tuple(ids), data, raw)
+        return Write((_client_id(obj),), data, raw)
     if op == "consumed":
         n = obj.get("n")
         if type(n) is not int:

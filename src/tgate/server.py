@@ -361,6 +361,8 @@ class Gateway:
                 core.received(c, data)
                 data.release()
                 self._after()
+                if conn.closed:
+                    break  # e.g. a malformed frame: _linger takes over
                 if got < room:
                     # The socket is most likely drained: wait instead of
                     # paying for a recv that fails with EAGAIN.

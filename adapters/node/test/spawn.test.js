@@ -75,6 +75,12 @@ test('examples/echo.js: echoes, answers each data, exits promptly when stdin end
   assert.ok(r.ms < 3000, `exited ${r.ms} ms after stdin ended`);
 });
 
+const CHAT_RECEIVED = {
+  1: '* 2 joined\n* 3 joined\n2: yo\n3: caf\u00c3\u00a9 \u0000\u00ff\r\n2: bye\n2: partial\n* 2 left\n',
+  2: '* 3 joined\n1: hello\n1: second\n1: \n3: caf\u00c3\u00a9 \u0000\u00ff\r\n1: third\n',
+  3: '2: yo\n1: hello\n1: second\n1: \n1: third\n2: bye\n2: partial\n* 2 left\n* 1 left\n',
+};
+
 test('examples/chat.js: joined, lines to the others, partial lines wait, left', async () => {
   const r = await run(['examples/chat.js'], [
     hello, connect(1), connect(2), connect(3),
@@ -83,7 +89,7 @@ test('examples/chat.js: joined, lines to the others, partial lines wait, left', 
     data(1, 'lo\r\nsecond\n\r\nthird'),
     data(3, 'caf\u00c3\u00a9 \u0000\u00ff\r\r\n'), // raw bytes pass through; only one \r is stripped
     data(1, '\n'),
-    data(2, 'bye\npartial', true), // the unterminated tail is dropped
+    data(2, 'bye\npartial\r', true), // an unterminated last line is still a line
     disconnect(2),
     disconnect(1, 'reset'),
   ].join(''));
@@ -92,14 +98,65 @@ test('examples/chat.js: joined, lines to the others, partial lines wait, left', 
   const cmds = commands(r.stdout);
   assert.deepEqual(
     cmds.filter((c) => c.op === 'consumed').map((c) => [c.id, c.n]),
-    [[1, 0], [2, 4], [1, 16], [3, 11], [1, 6], [2, 4]],
+    [[1, 0], [2, 4], [1, 16], [3, 11], [1, 6], [2, 12]],
   );
   assert.deepEqual(cmds.filter((c) => c.op === 'close'), []);
-  assert.deepEqual(received(cmds), {
-    1: '* 2 joined\n* 3 joined\n2: yo\n3: caf\u00c3\u00a9 \u0000\u00ff\r\n2: bye\n* 2 left\n',
-    2: '* 3 joined\n1: hello\n1: second\n1: \n3: caf\u00c3\u00a9 \u0000\u00ff\r\n1: third\n',
-    3: '2: yo\n1: hello\n1: second\n1: \n1: third\n2: bye\n* 2 left\n* 1 left\n',
-  });
+  assert.deepEqual(received(cmds), CHAT_RECEIVED);
+});
+
+/** What each client gets under --framing line: every write is a line (tgate appends "\n"). */
+function receivedLines(cmds) {
+  const got = {};
+  for (const c of cmds) {
+    if (c.op !== 'write') continue;
+    for (const id of c.ids ?? [c.id]) got[id] = (got[id] ?? '') + c.data + (c.raw ? '' : '\n');
+  }
+  return got;
+}
+
+test('examples/chat.js under --framing line: the clients get the same bytes as in raw mode', async () => {
+  const frame = (id, s) => msg({ op: 'frame', id, data: s });
+  const r = await run(['examples/chat.js'], [
+    hello.replace('"raw"', '"line"'), connect(1), connect(2), connect(3),
+    frame(2, 'yo'),
+    frame(1, 'hello'),
+    frame(1, 'second'),
+    frame(1, ''),
+    frame(3, 'caf\u00c3\u00a9 \u0000\u00ff\r'),
+    frame(1, 'third'),
+    frame(2, 'bye'),
+    frame(2, 'partial'),
+    msg({ op: 'eof', id: 2 }),
+    disconnect(2, 'closed'),
+    disconnect(1, 'reset'),
+  ].join(''));
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stderr, '');
+  const cmds = commands(r.stdout);
+  assert.deepEqual(cmds.filter((c) => c.op === 'consumed'), []);
+  assert.deepEqual(cmds.filter((c) => c.op === 'close'), [{ op: 'close', id: 2 }]);
+  assert.deepEqual(cmds[0], { op: 'write', ids: [1], data: '* 2 joined' });
+  assert.deepEqual(receivedLines(cmds), CHAT_RECEIVED);
+});
+
+test('examples/echo.js in a framed mode: each frame back as one frame, close on eof', async () => {
+  const all = Buffer.from(Array.from({ length: 256 }, (_, i) => i)).toString('latin1');
+  const r = await run(['examples/echo.js'], [
+    hello.replace('"raw"', '"netstring"'), connect(1), connect(2),
+    msg({ op: 'frame', id: 1, data: all }),
+    msg({ op: 'frame', id: 2, data: '' }),
+    msg({ op: 'tick' }),
+    msg({ op: 'eof', id: 1 }),
+    disconnect(1, 'closed'),
+  ].join(''));
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stderr, '');
+  // (how the commands are grouped into lines depends on how stdin was chunked)
+  assert.deepEqual(commands(r.stdout), [
+    { op: 'write', id: 1, data: all },
+    { op: 'write', id: 2, data: '' },
+    { op: 'close', id: 1 },
+  ]);
 });
 
 test('console output in handler code goes to stderr, never stdout; no handles left open', async () => {
