@@ -393,9 +393,10 @@ class Core:
         c = self._lookup(cmd.id, line, "consumed")
         if c is None:
             return
-        was_awaiting = c.buffer.awaiting
+        b = c.buffer
+        was_awaiting = b.awaiting
         try:
-            c.buffer.consume(cmd.n)
+            b.consume(cmd.n)
         except HandlerError as exc:
             log.warning("handler line dropped: client %d: %s; disconnecting it (error): %s",
                         cmd.id, exc, quote(line))
@@ -405,14 +406,17 @@ class Core:
             self.owed -= 1
         c.strikes = 0
         if c.closing is None:
-            if c.buffer.overflowed:
-                log.info("client %d disconnected (overflow): %d bytes unconsumed",
-                         c.id, len(c.buffer))
-                self.close(c, "overflow")
-            elif c.buffer.finished:
-                self.close(c, "eof")
-            else:
+            held = len(b.data)
+            if b.eof:
+                if b.finished:
+                    self.close(c, "eof")
+                else:
+                    self._send_data(c)
+            elif held > b.seen:  # bytes arrived meanwhile: send them now
                 self._send_data(c)
+            elif held >= b.max_size:
+                log.info("client %d disconnected (overflow): %d bytes unconsumed", c.id, held)
+                self.close(c, "overflow")
         self.touched.add(c)
 
     def _close(self, cmd: Close, line: bytes) -> None:

@@ -126,6 +126,27 @@ def parse_command(obj: object) -> Command:
 
     Raises HandlerError naming what is wrong. Unknown extra fields are ignored.
     """
+    # Fast path for the two instructions of every reply; anything unusual
+    # goes through the full checks below, which also name what is wrong.
+    if type(obj) is dict:
+        op = obj.get("op")
+        if op == "write":
+            data = obj.get("data")
+            cid = obj.get("id")
+            if type(data) is str and type(cid) is int and "ids" not in obj and "raw" not in obj:
+                try:
+                    return Write((cid,), data.encode("latin-1"))
+                except UnicodeEncodeError:
+                    pass
+        elif op == "consumed":
+            cid = obj.get("id")
+            n = obj.get("n")
+            if type(cid) is int and type(n) is int:
+                return Consumed(cid, n)
+    return _parse_command_checked(obj)
+
+
+def _parse_command_checked(obj: object) -> Command:
     if type(obj) is not dict:
         raise HandlerError(f"expected a JSON object, got {type(obj).__name__}")
     op = obj.get("op")

@@ -326,6 +326,7 @@ class Gateway:
         core = self.core
         c = conn.client
         sock = conn.sock
+        track_idle = self.options.idle_timeout > 0
         try:
             while not conn.closed:
                 if not core.can_read(c):
@@ -357,7 +358,8 @@ class Gateway:
                     core.received_eof(c)
                     self._after()
                     return
-                conn.last_read = trio.current_time()
+                if track_idle:
+                    conn.last_read = trio.current_time()
                 core.received(c, data)
                 data.release()
                 self._after()
