@@ -73,7 +73,8 @@ async def conn_of(gw: Gateway, stream: trio.SocketStream) -> Conn:
 
 async def send_and_wait_read(conn: Conn, stream: trio.SocketStream, data: bytes) -> None:
     """Send bytes and wait until the gateway has read them (in one recv or more),
-    so that the next bytes arrive in another read: a real split."""
+    so that the next bytes arrive in another read: a real split. Needs a
+    gateway with an idle timeout (only then is last_read kept)."""
     if not data:
         return
     last = conn.last_read
@@ -114,7 +115,9 @@ async def echo_split(gw: Gateway, port: int, sent: bytes, echoed: bytes, k: int)
 async def test_echo_split_at_every_byte_boundary(gateway: Any, handler: str, mode: str) -> None:
     sent, echoed = STREAMS[mode]
     with trio.fail_after(60):
-        async with gateway(handler, framing=mode) as (gw, port):
+        # An idle timeout makes the gateway note when it reads (conn.last_read),
+        # which send_and_wait_read watches; an hour never fires here.
+        async with gateway(handler, framing=mode, idle_timeout=3600) as (gw, port):
             # Every 2-piece split, 8 connections at a time.
             limit = trio.CapacityLimiter(8)
 

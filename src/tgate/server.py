@@ -1,10 +1,10 @@
 """The trio shell around the core: sockets, the handler's pipes, timers.
 
-One task per client reads its socket (it parks when the core says not to
-read: buffer full, output backlog, handler pipe full, shutdown). Output is
-written straight from whatever task produced it with non-blocking sends; only
-while a client's socket refuses more does a writer task exist for it. The
-handler's stdin gets one batched write per scheduling round.
+Client sockets live in one level-triggered epoll set (poller.py) that a
+single task waits on: per message, a read is one recv and a reply one send,
+with no task switch and no epoll_ctl. The handler's stdin is written once per
+pass over the ready sockets (a writer task takes over only while the pipe is
+full); its stdout is read by one task in large chunks.
 """
 
 from __future__ import annotations
@@ -25,14 +25,13 @@ from trio.lowlevel import (
     Task,
     checkpoint,
     current_task,
-    notify_closing,
     reschedule,
     wait_readable,
     wait_task_rescheduled,
-    wait_writable,
 )
 
 from .core import Client, Core, Settings
+from .poller import READ, WRITE, Poller
 from .supervisor import (
     STABLE_AFTER,
     STOP_GRACE,
@@ -89,7 +88,7 @@ class Options:
     idle_timeout: float = 0.0
 
 
-def _discard_input(sock: socket.socket) -> None:
+def _discard_input(sock: socket.socket, scratch: memoryview) -> None:
     """Read and drop what the client sent that nobody will process.
 
     Closing a socket with unread input makes the kernel send RST, and a
@@ -98,7 +97,7 @@ def _discard_input(sock: socket.socket) -> None:
     """
     try:
         for _ in range(DISCARD_READS):
-            if not sock.recv_into(_SCRATCH):
+            if not sock.recv_into(scratch):
                 return
     except OSError:  # EAGAIN: drained; anything else: nothing left to save
         return
@@ -112,13 +111,6 @@ def _malloc_trim() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
-
-
-#: One receive buffer for every socket read: reads are copied into the
-#: client's buffer at once, and no read allocates (and fragments) a
-#: max-size block of its own.
-_SCRATCH = bytearray(1 << 16)
-_SCRATCH_VIEW = memoryview(_SCRATCH)
 
 
 class ListenError(Exception):
@@ -152,17 +144,21 @@ class _Wake:
 class Conn:
     """The I/O side of one client."""
 
-    __slots__ = ("client", "closed", "flushing", "last_read", "linger_until", "reader",
+    __slots__ = ("client", "closed", "fd", "flushing", "interest", "last_read", "linger_until",
                  "reading", "sock")
 
     def __init__(self, sock: socket.socket, client: Client, now: float) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.client = client
-        self.reader = _Wake()
+        #: READ|WRITE mask registered with the poller
+        self.interest = 0
+        #: output is waiting for the socket to accept more
         self.flushing = False
+        #: gone for the core; the socket may still linger
         self.closed = False
         self.last_read = now
-        #: its reader task is alive (it lingers over the socket after a close)
+        #: we still read from it (until its EOF, or the end of a lingering close)
         self.reading = True
         #: when a lingering close gives up waiting for the client's EOF
         self.linger_until = 0.0
@@ -181,7 +177,10 @@ class Gateway:
         self.options = options
         self.core = Core(settings)
         self.conns: set[Conn] = set()
-        #: readers waiting for the handler's stdin to drain
+        self._by_fd: dict[int, Conn] = {}
+        self._poller = Poller()
+        self._scratch = memoryview(bytearray(max(1 << 16, self.core.settings.max_bufsize)))
+        #: clients not read while the handler's stdin drains
         self._parked: set[Conn] = set()
         self._pipe_wake = _Wake()
         #: the handler's stdin, for writes that skip the writer task (-1: none)
@@ -228,6 +227,7 @@ class Gateway:
                 await nursery.start(self._supervise)
                 accept_scope = trio.CancelScope()
                 nursery.start_soon(self._accept_loop, lsock, accept_scope)
+                nursery.start_soon(self._poll_loop)
                 nursery.start_soon(self._ticker)
                 if self.options.idle_timeout > 0:
                     nursery.start_soon(self._idle_sweeper)
@@ -238,10 +238,12 @@ class Gateway:
                 nursery.cancel_scope.cancel()
         finally:
             lsock.close()
+            self._nursery = None  # from here on, closes do not linger
             for conn in list(self.conns):
                 self._finish(conn, "shutdown")
             for conn in list(self._lingering):
                 self._close_socket(conn)
+            self._poller.close()
             self.stopped.set()
 
     def _listen(self) -> socket.socket:
@@ -317,88 +319,103 @@ class Gateway:
                     conn = Conn(sock, core.connect(peer, local), trio.current_time())
                     conn.client.io = conn
                     self.conns.add(conn)
+                    self._by_fd[conn.fd] = conn
+                    self._interest(conn, READ)
                     log.debug("client %d connected from %s:%d", conn.client.id, *peer)
-                    self._nursery.start_soon(self._read_client, conn)
                 self._after()
                 await checkpoint()
 
-    async def _read_client(self, conn: Conn) -> None:
+    def _interest(self, conn: Conn, mask: int) -> None:
+        if mask != conn.interest:
+            self._poller.set(conn.fd, conn.interest, mask)
+            conn.interest = mask
+
+    def _reading(self, conn: Conn, on: bool) -> None:
+        self._interest(conn, (READ if on else 0) | (WRITE if conn.flushing else 0))
+
+    async def _poll_loop(self) -> None:
+        """Handle every ready client socket, one pass per wakeup."""
+        poller = self._poller
+        by_fd = self._by_fd
+        while True:
+            await wait_readable(poller)
+            for fd, mask in poller.poll():
+                conn = by_fd.get(fd)
+                if conn is None:
+                    continue
+                if mask & WRITE and conn.flushing:
+                    self._on_writable(conn)
+                if mask & READ and conn.reading:
+                    self._on_readable(conn)
+            self._after()
+
+    def _on_readable(self, conn: Conn) -> None:
+        if conn.closed:
+            self._linger(conn)
+            return
         core = self.core
         c = conn.client
-        sock = conn.sock
-        track_idle = self.options.idle_timeout > 0
+        if not core.can_read(c):
+            # Backpressure: stop watching its input until the core lets us
+            # read again (_service, _wake_parked resume it).
+            self._reading(conn, False)
+            if core.pipe_full:
+                self._parked.add(conn)
+            return
+        room = c.buffer.room()
         try:
-            while not conn.closed:
-                if not core.can_read(c):
-                    if c.buffer.eof:
-                        return  # the client sent EOF: nothing more to read
-                    if core.pipe_full:
-                        self._parked.add(conn)
-                    try:
-                        await conn.reader.wait()
-                    finally:
-                        self._parked.discard(conn)
-                    continue
-                room = c.buffer.room()
-                try:
-                    if room <= len(_SCRATCH):
-                        n = sock.recv_into(_SCRATCH_VIEW, room)
-                        data = _SCRATCH_VIEW[:n]
-                    else:
-                        data = memoryview(sock.recv(room))
-                except BlockingIOError:
-                    await wait_readable(sock)
-                    continue
-                except OSError as exc:
-                    log.debug("client %d: read error: %s", c.id, exc)
-                    self._finish(conn, "reset")
-                    return
-                got = len(data)
-                if not got:
-                    core.received_eof(c)
-                    self._after()
-                    return
-                if track_idle:
-                    conn.last_read = trio.current_time()
-                core.received(c, data)
-                data.release()
-                self._after()
-                if conn.closed:
-                    break  # e.g. a malformed frame: _linger takes over
-                if got < room:
-                    # The socket is most likely drained: wait instead of
-                    # paying for a recv that fails with EAGAIN.
-                    await wait_readable(sock)
-                else:
-                    await checkpoint()
-            await self._linger(conn)
-        except trio.ClosedResourceError:
-            pass  # the socket was closed under our wait
-        finally:
+            n = conn.sock.recv_into(self._scratch, room)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.debug("client %d: read error: %s", c.id, exc)
+            self._finish(conn, "reset")
+            return
+        if not n:
             conn.reading = False
+            self._reading(conn, False)
+            core.received_eof(c)
+            return
+        if self.options.idle_timeout:
+            conn.last_read = trio.current_time()
+        data = self._scratch[:n]
+        core.received(c, data)
+        data.release()
 
-    async def _linger(self, conn: Conn) -> None:
-        """After a graceful close: our FIN is sent; read and drop what the
+    def _linger(self, conn: Conn) -> None:
+        """A closed client's socket: our FIN is out; read and drop what the
         client still sends until its EOF (or the sweeper's deadline), then
         close. Closing with unread input would send RST, and a client that
         receives RST may lose our last reply before reading it (nginx's
         lingering close)."""
-        sock = conn.sock
-        while True:
-            try:
-                n = sock.recv_into(_SCRATCH_VIEW)
-            except BlockingIOError:
-                await wait_readable(sock)
-                continue
-            except OSError:
-                break
-            if not n:
-                break
+        try:
+            while conn.sock.recv_into(self._scratch):
+                pass
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
         self._close_socket(conn)
+
+    def _on_writable(self, conn: Conn) -> None:
+        c = conn.client
+        try:
+            n = conn.sock.send(c.out)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.debug("client %d: write error: %s", c.id, exc)
+            self._finish(conn, "reset")
+            return
+        del c.out[:n]
+        if not c.out:
+            conn.flushing = False
+            self._reading(conn, conn.reading and self.core.can_read(c))
+            self._service(c)
 
     def _service(self, c: Client) -> None:
         """Act on a client the core touched: write its output, close it, or
-        wake its reader."""
+        resume reading it."""
         conn = c.io
         assert isinstance(conn, Conn)
         if conn.closed:
@@ -416,46 +433,24 @@ class Gateway:
                 self._finish(conn, "reset")
                 return
             del out[:n]
-            if out:  # the socket is full: wait for it in a task of its own
+            if out:  # the socket is full: the poller says when it takes more
                 conn.flushing = True
-                assert self._nursery is not None
-                self._nursery.start_soon(self._flush_blocked, conn)
+                self._interest(conn, conn.interest | WRITE)
                 return
         if c.closing is not None:
             self._finish(conn, c.closing)
-        elif conn.reader.task is not None:
+        elif conn.reading and not conn.interest & READ:
             if self.core.can_read(c):
-                conn.reader.wake()
+                self._reading(conn, True)
             elif self.core.pipe_full:
-                self._parked.add(conn)  # the pipe writer wakes it
-
-    async def _flush_blocked(self, conn: Conn) -> None:
-        """Lives only while the client's socket refuses our output."""
-        c = conn.client
-        try:
-            while c.out and not conn.closed:
-                await wait_writable(conn.sock)
-                try:
-                    n = conn.sock.send(c.out)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    log.debug("client %d: write error: %s", c.id, exc)
-                    self._finish(conn, "reset")
-                    return
-                del c.out[:n]
-        except trio.ClosedResourceError:
-            return
-        finally:
-            conn.flushing = False
-        self._service(c)
-        self._pulse()
+                self._parked.add(conn)
 
     def _finish(self, conn: Conn, reason: str) -> None:
         """The client is gone for the core (and so the handler) from now on.
 
-        After a reset its socket closes at once; otherwise our FIN goes out
-        now and the socket lingers until the client's EOF (see _linger).
+        After a reset, or once the client sent EOF, its socket closes at
+        once; otherwise our FIN goes out now and the socket lingers until
+        the client's EOF (see _linger).
         """
         if conn.closed:
             return
@@ -463,9 +458,9 @@ class Gateway:
         c = conn.client
         log.debug("client %d disconnected (%s)", c.id, reason)
         sock = conn.sock
-        if reason == "reset" or not conn.reading:
+        if reason == "reset" or not conn.reading or self._nursery is None:
             if reason != "reset":
-                _discard_input(sock)
+                _discard_input(sock, self._scratch)
             self._close_socket(conn)
         else:
             try:
@@ -473,11 +468,13 @@ class Gateway:
             except OSError:
                 self._close_socket(conn)
             else:
+                conn.flushing = False
+                self._interest(conn, READ)
                 conn.linger_until = trio.current_time() + LINGER_TIME
                 self._lingering.add(conn)
                 self._ensure_linger_sweeper()
-                conn.reader.wake()
         self.conns.discard(conn)
+        self._parked.discard(conn)
         self._slot_free.wake()
         if self.options.max_clients_per_ip:
             ip = c.peer[0]
@@ -491,8 +488,9 @@ class Gateway:
 
     def _close_socket(self, conn: Conn) -> None:
         self._lingering.discard(conn)
-        if conn.sock.fileno() >= 0:
-            notify_closing(conn.sock)
+        if self._by_fd.get(conn.fd) is conn:
+            self._interest(conn, 0)
+            del self._by_fd[conn.fd]
             conn.sock.close()
 
     def _ensure_linger_sweeper(self) -> None:
@@ -517,9 +515,9 @@ class Gateway:
         """Carry out what the core decided; called after every core event."""
         core = self.core
         if core.outbox_size:
-            if core.owed <= 1 and self._pipe_wake.task is not None and self._pipe_fd >= 0:
-                # A lone request: write it now rather than a scheduling
-                # round later. Under load the writer task batches instead.
+            if self._pipe_wake.task is not None and self._pipe_fd >= 0:
+                # The writer task is idle: write now, one write for all that
+                # this pass queued. The task takes over if the pipe is full.
                 self._write_pipe_now()
             else:
                 self._pipe_wake.wake()
@@ -528,6 +526,8 @@ class Gateway:
             core.touched = set()
             for c in touched:
                 self._service(c)
+        if self._parked and not core.pipe_full:
+            self._wake_parked()
         if core.owed:
             if self._owed_since is None:
                 self._owed_since = trio.current_time()
@@ -567,7 +567,8 @@ class Gateway:
         core = self.core
         for conn in list(self._parked):
             if core.can_read(conn.client):
-                conn.reader.wake()
+                self._parked.discard(conn)
+                self._reading(conn, True)
 
     async def _idle_sweeper(self) -> None:
         timeout = self.options.idle_timeout
