@@ -10,6 +10,7 @@ needed, starts each server in its own process group:
 
     tgate-py    tgate --port 0 --handler "python3 examples/echo.py"
     tgate-node  tgate --port 0 --handler "node examples/echo.js"
+    tgate-py-line  the same as tgate-py with --framing line (issue 5: line vs raw)
     trio        python3 bench/trio_echo.py 0      (in-process baseline)
     socat       socat TCP-LISTEN:PORT,fork,reuseaddr,backlog=511
                       EXEC:"python3 bench/echo_stdio.py"   (process per connection)
@@ -97,10 +98,11 @@ ROWS = [
     Row("pipelined-500", "pipelined", 500, 16),
     Row("churn-8", "churn", 8),
 ]
-SERVER_NAMES = ["tgate-py", "tgate-node", "trio", "socat"]
+SERVER_NAMES = ["tgate-py", "tgate-node", "tgate-py-line", "trio", "socat"]
 SERVER_LABELS = {
     "tgate-py": "tgate + echo.py",
     "tgate-node": "tgate + echo.js",
+    "tgate-py-line": "tgate --framing line + echo.py",
     "trio": "trio echo (baseline)",
     "socat": "socat fork + python",
 }
@@ -175,6 +177,9 @@ class Server:
         tgate = [PY, "-m", "tgate"]
         if self.name == "tgate-py":
             return [*tgate, "--port", "0", "--handler",
+                    f"{shlex.quote(PY)} {shlex.quote(str(REPO / 'examples/echo.py'))}"]
+        if self.name == "tgate-py-line":
+            return [*tgate, "--port", "0", "--framing", "line", "--handler",
                     f"{shlex.quote(PY)} {shlex.quote(str(REPO / 'examples/echo.py'))}"]
         if self.name == "tgate-node":
             node = shutil.which("node") or "node"

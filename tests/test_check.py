@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tgate.check import main
+from tgate.check import PROBE, main
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -93,8 +93,9 @@ def test_echo_pl_passes(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0, out
     assert summary(out) == (len(ALL_ROWS), 0)
     # An echo consumes everything it is sent, and sends it all back.
-    assert "1 consumed: n=[31] for 31 bytes held" in row(out, "one-data")
-    assert "same 31-byte output" in row(out, "split")
+    n = len(PROBE)
+    assert f"1 consumed: n=[{n}] for {n} bytes held" in row(out, "one-data")
+    assert f"same {n}-byte output" in row(out, "split")
 
 
 def _talk(argv: list[str], lines: list[bytes]) -> list[object]:
@@ -140,7 +141,7 @@ def test_broken_handler_fails_with_concrete_messages(capsys: pytest.CaptureFixtu
     assert failed >= 10 and passed + failed == len(ALL_ROWS)
     assert row(out, "one-data").endswith("| FAIL")
     assert row(out, "ids-live").endswith("| FAIL")
-    assert "consumed n=34 but handler held 31 bytes for client 1" in out
+    assert f"consumed n={len(PROBE) + 3} but handler held {len(PROBE)} bytes for client 1" in out
     assert "write of 4 bytes for unknown client id 999 (never connected)" in out
     assert "FAIL one-data: expected exactly one consumed, 0 <= n <= held" in out
     # its lines are well-formed: the fault is in what they say
@@ -213,7 +214,8 @@ def test_invalid_lines_fail(capsys: pytest.CaptureFixture[str]) -> None:
     assert row(out, "hello-silence").endswith("| FAIL")
     assert row(out, "valid-lines").endswith("| FAIL")
     assert "[hello-silence] not JSON" in out
-    assert "write data has code point U+20AC at index 31 (above U+00FF: not a byte)" in out
+    assert (f"write data has code point U+20AC at index {len(PROBE)} (above U+00FF: not a byte)"
+            in out)
 
 
 def test_missing_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -239,7 +241,9 @@ def test_python_dash_m(tmp_path: Path) -> None:
     assert summary(proc.stdout) == (2, 0)
 
 
-@pytest.mark.parametrize("name", ["echo.py", "echo.js", "chat.py", "chat.js", "echo.pl"])
+@pytest.mark.parametrize(
+    "name", ["echo.py", "echo.js", "chat.py", "chat.js", "echo.pl", "miniredis.js", "http.py"]
+)
 def test_every_example_handler_passes(capsys: pytest.CaptureFixture[str], name: str) -> None:
     from conftest import example
 

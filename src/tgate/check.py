@@ -65,7 +65,7 @@ from tgate.framing import FRAMINGS, FrameError, Framer, framer_class
 # A probe stream: text lines, then bytes that need JSON escapes (NUL, TAB, '"',
 # '\\'), DEL, the UTF-8-encoded latin-1 range 0x80..0xFF, CRLF, and an
 # unterminated tail that a line-based handler leaves unconsumed.
-PROBE = b"hello\nworld\n" + b'\x00\x01\t"\\/\x7f\x80\xa0\xc3\xa9\xfe\xff\r\n' + b"tail"
+PROBE = b"probe one\nprobe two\n" + b'\x00\x01\t"\\/\x7f\x80\xa0\xc3\xa9\xfe\xff\r\n' + b"tail"
 BINARY = bytes(range(256)) + b"\n"
 # Framed modes: whole frames, valid in every mode (none holds a LF, so they are
 # lines too): text, an empty frame, bytes that need JSON escapes and the
