@@ -1034,17 +1034,35 @@ async def sc_many(ck: Checker) -> Verdict:
         await s.drive({cid: chunks_for(cid) for cid in range(1, n + 1)})
 
     run = await ck.run(f"{n} clients", many)
+    return _interleaved_verdict(
+        ck, reference, probe, run, n, cross,
+        lambda cid: f"fed {cid % 7 + 1}-byte chunks, interleaved with {n - 1} others",
+        "bytes",
+    )
+
+
+def _interleaved_verdict(
+    ck: Checker,
+    reference: Run,
+    probe: Run,
+    run: Run,
+    n: int,
+    cross: bool,
+    how: Callable[[int], str],
+    what: str,
+) -> Verdict:
+    """Each of n interleaved clients must get the output one client gets
+    alone, unless the handler writes across clients (a chat, say: then a
+    client's output depends on the others and there is nothing to compare)."""
     extra: list[str] = []
     runs = [reference, probe, run]
     if cross:
-        # client 2 got output when only client 1 sent: a chat, say; then a client's
-        # output depends on the others, and there is no per-client stream to compare
         seen = f"{n} clients served; writes across clients, so streams not compared"
     else:
         expected = reference.out(1)
         mismatches = [
-            f"client {cid} (fed {cid % 7 + 1}-byte chunks, interleaved with {n - 1} others): "
-            f"output differs from the same bytes sent alone: {_diff(expected, run.out(cid))}"
+            f"client {cid} ({how(cid)}): output differs from the same {what} sent alone: "
+            f"{_diff(expected, run.out(cid))}"
             for cid in range(1, n + 1)
             if run.out(cid) != expected
         ]
@@ -1315,27 +1333,10 @@ async def fr_many(ck: Checker) -> Verdict:
         await s.closed(*range(1, n + 1))
 
     run = await ck.run(f"{n} clients", many)
-    extra: list[str] = []
-    runs = [reference, probe, run]
-    if cross:
-        seen = f"{n} clients served; writes across clients, so streams not compared"
-    else:
-        expected = reference.out(1)
-        mismatches = [
-            f"client {cid} (frames interleaved with {n - 1} others): output differs from the "
-            f"same frames sent alone: {_diff(expected, run.out(cid))}"
-            for cid in range(1, n + 1)
-            if run.out(cid) != expected
-        ]
-        if reference.problems or run.problems:
-            mismatches = []
-        extra += mismatches[:3]
-        if len(mismatches) > 3:
-            extra.append(f"... and {len(mismatches) - 3} more clients whose output differs")
-        seen = f"{n} interleaved clients, each got the output it gets alone"
-        if mismatches:
-            seen = f"{len(mismatches)} of {n} clients got other output than alone"
-    return ck.verdict(seen, runs, extra)
+    return _interleaved_verdict(
+        ck, reference, probe, run, n, cross,
+        lambda cid: f"frames interleaved with {n - 1} others", "frames",
+    )
 
 
 async def fr_binary(ck: Checker) -> Verdict:
