@@ -197,7 +197,6 @@ export class ServerLoop {
   #stdout = null;
   #stderr = process.stderr;
   #maxLine = MAX_LINE_BYTES;
-  #lastWrite = null;
   #blocked = false; // the last stdout.write() returned false
   #immediate = null;
 
@@ -383,13 +382,15 @@ export class ServerLoop {
       // Lenient: a last line without its newline is still a line.
       if (this.#partial.length) this.#turn(Buffer.from('\n'));
       this.#flush();
-      if (this.#lastWrite) await this.#lastWrite;
+      // Wait for our output to leave the stream (polled: no per-write callbacks).
+      while (stdout.writableLength > 0 && !outError && !stdout.destroyed) {
+        await new Promise((resolve) => setTimeout(resolve, 2));
+      }
       if (outError) throw outError;
     } finally {
       if (this.#immediate) clearImmediate(this.#immediate);
       this.#immediate = null;
       this.#running = false;
-      this.#lastWrite = null;
       if (stdout !== process.stdout) stdout.off('error', onOutError);
       // (process.stdout keeps the listener: a late EPIPE must not crash us.)
     }
@@ -614,9 +615,10 @@ export class ServerLoop {
     if (this.#lines.length === 0 || this.#stdout === null) return;
     const out = this.#lines.join('\n') + '\n';
     this.#lines = [];
-    this.#lastWrite = new Promise((resolve) => {
-      this.#blocked = !this.#stdout.write(out, () => resolve());
-    });
+    // No completion callback: one costs the event loop an extra turn per
+    // write, measured as ~13 µs more per request through tgate (closed-1 p50
+    // 120 -> 107 µs). run() waits for the stream's buffer to empty instead.
+    this.#blocked = !this.#stdout.write(out);
   }
 
   /** Writes from code running outside a turn (timers, promises) go out once per event-loop turn. */
