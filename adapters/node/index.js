@@ -373,11 +373,16 @@ export class ServerLoop {
     };
     stdout.on('error', onOutError);
     try {
-      for await (const chunk of stdin) {
-        this.#turn(toBuffer(chunk));
-        if (outError) throw outError;
-        // Backpressure: read no more input until tgate has taken our output.
-        if (stdout.writableNeedDrain ?? this.#blocked) await waitDrain(stdout);
+      if (typeof stdin.on === 'function') {
+        await this.#readStream(stdin, stdout, () => outError);
+      } else {
+        // Any async iterable of chunks.
+        for await (const chunk of stdin) {
+          this.#turn(toBuffer(chunk));
+          if (outError) throw outError;
+          // Backpressure: read no more input until tgate has taken our output.
+          if (stdout.writableNeedDrain ?? this.#blocked) await waitDrain(stdout);
+        }
       }
       // Lenient: a last line without its newline is still a line.
       if (this.#partial.length) this.#turn(Buffer.from('\n'));
@@ -398,6 +403,69 @@ export class ServerLoop {
     // process to exit promptly once stdin ends. The timer is unref'd: it never
     // keeps the process alive by itself.
     if (exitTimeout != null) setTimeout(() => process.exit(), exitTimeout).unref();
+  }
+
+  /**
+   * Read a stream with 'data' events rather than `for await`, whose async
+   * iterator costs a promise round trip per chunk: it shows in one client's
+   * latency through tgate. While stdout needs draining, input waits in the
+   * stream; after the drain, all of it is handled in one turn.
+   */
+  #readStream(stdin, stdout, outError) {
+    return new Promise((resolve, reject) => {
+      let finished = false;
+      const done = (err) => {
+        if (finished) return;
+        finished = true;
+        stdin.off('data', onData);
+        stdin.off('end', onEnd);
+        stdin.off('close', onEnd);
+        stdin.off('error', done);
+        if (err) reject(err);
+        else resolve();
+      };
+      const onEnd = () => done(outError());
+      // Handle a chunk; false when stdout must drain before we read more.
+      const handle = (chunk) => {
+        this.#turn(toBuffer(chunk));
+        const err = outError();
+        if (err) throw err;
+        return !(stdout.writableNeedDrain ?? this.#blocked);
+      };
+      const wait = () => waitDrain(stdout).then(afterDrain, done);
+      const onData = (chunk) => {
+        try {
+          if (!handle(chunk)) {
+            stdin.off('data', onData);
+            stdin.pause();
+            wait();
+          }
+        } catch (err) {
+          done(err);
+        }
+      };
+      const afterDrain = () => {
+        if (finished) return;
+        try {
+          let chunk;
+          while ((chunk = stdin.read()) !== null) {
+            if (!handle(chunk)) {
+              wait();
+              return;
+            }
+          }
+        } catch (err) {
+          done(err);
+          return;
+        }
+        stdin.on('data', onData);
+        stdin.resume();
+      };
+      stdin.on('data', onData);
+      stdin.once('end', onEnd);
+      stdin.once('close', onEnd);
+      stdin.once('error', done);
+    });
   }
 
   /** One stdin chunk: every complete line, then ONE stdout write. */
