@@ -1041,6 +1041,20 @@ async def sc_many(ck: Checker) -> Verdict:
     )
 
 
+def _unknown_ops_verdict(ck: Checker, reference: Run, run: Run) -> Verdict:
+    """Unknown ops and fields must not change what client 1 gets."""
+    extra = []
+    if not reference.problems and not run.problems and run.out(1) != reference.out(1):
+        extra.append(
+            "output to client 1 changed when unknown ops and fields were added: "
+            + _diff(reference.out(1), run.out(1))
+        )
+    seen = "ignored: same output as without them"
+    if extra:
+        seen = "unknown ops/fields changed the output"
+    return ck.verdict(seen, [reference, run], extra)
+
+
 def _interleaved_verdict(
     ck: Checker,
     reference: Run,
@@ -1140,17 +1154,7 @@ async def sc_unknown(ck: Checker) -> Verdict:
         s.data(1, PROBE, ts=1.5, seq=[1, 2])
         await s.reply(1)
 
-    run = await ck.run("with unknown ops", body)
-    extra = []
-    if not reference.problems and not run.problems and run.out(1) != reference.out(1):
-        extra.append(
-            "output to client 1 changed when unknown ops and fields were added: "
-            + _diff(reference.out(1), run.out(1))
-        )
-    seen = "ignored: same output as without them"
-    if extra:
-        seen = "unknown ops/fields changed the output"
-    return ck.verdict(seen, [reference, run], extra)
+    return _unknown_ops_verdict(ck, reference, await ck.run("with unknown ops", body))
 
 
 async def sc_stdin_eof(ck: Checker) -> Verdict:
@@ -1408,17 +1412,7 @@ async def fr_unknown(ck: Checker) -> Verdict:
         s.eof(1, why="future")
         await s.closed(1)
 
-    run = await ck.run("with unknown ops", body)
-    extra = []
-    if not reference.problems and not run.problems and run.out(1) != reference.out(1):
-        extra.append(
-            "output to client 1 changed when unknown ops and fields were added: "
-            + _diff(reference.out(1), run.out(1))
-        )
-    seen = "ignored: same output as without them"
-    if extra:
-        seen = "unknown ops/fields changed the output"
-    return ck.verdict(seen, [reference, run], extra)
+    return _unknown_ops_verdict(ck, reference, await ck.run("with unknown ops", body))
 
 
 async def fr_stdin_eof(ck: Checker) -> Verdict:

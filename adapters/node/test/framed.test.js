@@ -3,48 +3,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
-import { PassThrough, Readable, Writable } from 'node:stream';
+import { PassThrough } from 'node:stream';
 import { setImmediate as tick } from 'node:timers/promises';
 
 import { ServerLoop } from '../index.js';
+import { TICK, connect, drive, helloFor, msg, parse, recorder } from './harness.js';
 
 // ---- harness ---------------------------------------------------------------
 
-const msg = (obj) => JSON.stringify(obj) + '\n';
-const helloFor = (framing) =>
-  msg({ op: 'hello', protocol: 1, tgate: '0.1.0', framing, bufsize: 128, max_bufsize: 65536, update_time: 1.0 });
 const hello = helloFor('line');
-const connect = (id) => msg({ op: 'connect', id, peer: ['127.0.0.1', 40000 + id], local: ['127.0.0.1', 7000] });
 const frame = (id, s) => msg({ op: 'frame', id, data: s });
 const eof = (id) => msg({ op: 'eof', id });
 const disconnect = (id, reason = 'closed') => msg({ op: 'disconnect', id, reason });
-const TICK = msg({ op: 'tick' });
-
-function recorder() {
-  const chunks = [];
-  const stream = new Writable({
-    write(chunk, _enc, cb) {
-      chunks.push(chunk.toString('utf8'));
-      cb();
-    },
-  });
-  return { stream, chunks };
-}
-
-function parse(text) {
-  assert.ok(text === '' || text.endsWith('\n'), 'output ends with a newline');
-  const lines = text.split('\n').slice(0, -1).map((l) => JSON.parse(l));
-  return { lines, cmds: lines.flatMap((l) => (Array.isArray(l) ? l : [l])) };
-}
-
-async function drive(loop, chunks, opts = {}) {
-  const out = recorder();
-  const err = recorder();
-  const stdin = Readable.from(chunks.map((c) => (typeof c === 'string' ? Buffer.from(c, 'utf8') : c)));
-  await loop.run({ stdin, stdout: out.stream, stderr: err.stream, ...opts });
-  const text = out.chunks.join('');
-  return { ...parse(text), text, writes: out.chunks, stderr: err.chunks.join('') };
-}
 
 /** Echoes each frame; records frames and eofs. */
 class FrameEcho extends ServerLoop {
