@@ -26,7 +26,6 @@ def test_defaults() -> None:
     assert len(b) == 0
     assert bytes(b) == b""
     assert not b.awaiting and not b.eof and not b.eof_sent and not b.finished
-    assert not b.overflowed
     assert b.take_message() is None
 
 
@@ -266,47 +265,27 @@ def test_consume_more_than_seen_but_not_more_than_held_rejected() -> None:
 # ------------------------------------------------------------------ overflow
 
 
-def test_overflowed_exactly_when_full_at_max_all_seen_nothing_awaiting() -> None:
+def test_full_at_max_with_nothing_consumed_has_no_room_and_nothing_to_send() -> None:
+    # (the core disconnects such a client: "overflow")
     b = ClientBuffer(4, 8)
     b.feed(b"x" * 4)
-    assert not b.overflowed  # not full
     b.take_message()
     b.consume(0)
-    assert not b.overflowed
+    assert b.room() == 4  # full below max: it grew
     b.feed(b"y" * 4)
     assert len(b) == 8 and b.room() == 0
-    assert not b.overflowed  # full, but the handler has not seen it all
-    b.take_message()
-    assert not b.overflowed  # awaiting the reply
+    assert b.take_message() == (b"yyyy", False)
     b.consume(0)
-    assert b.overflowed
+    assert b.room() == 0
     assert b.take_message() is None
 
 
-def test_not_overflowed_when_full_below_max() -> None:
-    b = ClientBuffer(4, 64)
-    b.feed(b"x" * 4)
-    b.take_message()
-    b.consume(0)
-    assert not b.overflowed
-    assert b.room() == 4
-
-
-def test_not_overflowed_after_consuming_something() -> None:
+def test_consuming_from_a_full_buffer_makes_room() -> None:
     b = ClientBuffer(8, 8)
     b.feed(b"x" * 8)
     b.take_message()
     b.consume(1)
-    assert not b.overflowed
     assert b.room() == 1
-
-
-def test_overflow_with_bufsize_equal_max() -> None:
-    b = ClientBuffer(8, 8)
-    b.feed(b"x" * 8)
-    b.take_message()
-    b.consume(0)
-    assert b.overflowed
 
 
 # ------------------------------------------------------------------ eof
@@ -445,17 +424,14 @@ def test_rewind_keeps_capacity_and_eof() -> None:
     assert b.room() == 0
 
 
-def test_rewind_after_overflow_resends_then_overflows_again() -> None:
+def test_rewind_resends_a_full_buffer() -> None:
     b = ClientBuffer(4, 4)
     b.feed(b"abcd")
     b.take_message()
     b.consume(0)
-    assert b.overflowed
+    assert b.take_message() is None
     b.rewind()
-    assert not b.overflowed  # the new handler has not seen it
-    assert b.take_message() == (b"abcd", False)
-    b.consume(0)
-    assert b.overflowed
+    assert b.take_message() == (b"abcd", False)  # the new handler has not seen it
 
 
 # ------------------------------------------------------------------ model-based
@@ -564,9 +540,6 @@ class BufferModel(RuleBasedStateMachine):
         assert b.eof_sent == self.eof_sent
         assert b.room() == (0 if self.eof else b.capacity - len(b))
         assert b.finished == (self.eof_sent and not self.awaiting)
-        assert b.overflowed == (
-            not self.awaiting and len(self.held) == self.max and self.seen == len(self.held)
-        )
 
 
 BufferModel.TestCase.settings = settings(

@@ -17,6 +17,7 @@ from tgate.protocol import (
     Close,
     Consumed,
     HandlerError,
+    Invalid,
     Write,
     encode_connect,
     encode_data,
@@ -328,12 +329,22 @@ def test_parse_bool_id_rejected() -> None:
 
 @pytest.mark.parametrize("bad", [None, "1", 1.0, 0.5, True, False, [0], {}])
 def test_parse_consumed_n_not_int(bad: object) -> None:
+    # Not a dropped line: the client would wait forever for its reply, so
+    # the core is told which client to disconnect (reason error).
     obj: dict[str, object] = {"op": "consumed", "id": 1, "n": bad}
-    assert error_of(dumps(obj)).startswith("field 'n' must be an integer")
+    assert parse_line(dumps(obj)) == (
+        [Invalid(1, f"consumed: field 'n' must be an integer, not {bad!r}")], []
+    )
 
 
 def test_parse_consumed_missing_n() -> None:
-    assert error_of(b'{"op":"consumed","id":1}').startswith("field 'n' must be an integer")
+    (cmd,), errors = parse_line(b'{"op":"consumed","id":1}')
+    assert errors == [] and type(cmd) is Invalid and cmd.id == 1
+    assert "field 'n' must be an integer" in cmd.error
+
+
+def test_parse_consumed_bad_n_and_bad_id_is_an_error() -> None:
+    assert error_of(b'{"op":"consumed","id":"x","n":"y"}').startswith("field 'id'")
 
 
 def test_parse_write_missing_data() -> None:
@@ -469,7 +480,7 @@ def check_result(result: object) -> None:
     assert type(result) is tuple and len(result) == 2
     commands, errors = result
     assert type(commands) is list and type(errors) is list
-    assert all(type(c) in (Consumed, Write, Close) for c in commands)
+    assert all(type(c) in (Consumed, Write, Close, Invalid) for c in commands)
     assert all(type(e) is str and e for e in errors)
     for c in commands:
         if type(c) is Consumed:

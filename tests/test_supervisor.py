@@ -65,10 +65,12 @@ async def test_wait_can_be_awaited_by_several_tasks() -> None:
 
 
 def test_restart_delay_backs_off_with_jitter_to_a_cap() -> None:
-    firsts = [restart_delay(1) for _ in range(200)]
-    assert all(FIRST_RESTART_DELAY / 2 <= d <= FIRST_RESTART_DELAY for d in firsts)
-    assert len(set(firsts)) > 100  # jittered
-    assert all(restart_delay(3) <= 4 * FIRST_RESTART_DELAY for _ in range(50))
+    # the first crash after a stable period restarts at once (issue 11)
+    assert restart_delay(1) == 0.0
+    seconds = [restart_delay(2) for _ in range(200)]
+    assert all(FIRST_RESTART_DELAY / 2 <= d <= FIRST_RESTART_DELAY for d in seconds)
+    assert len(set(seconds)) > 100  # jittered
+    assert all(restart_delay(4) <= 4 * FIRST_RESTART_DELAY for _ in range(50))
     assert all(MAX_RESTART_DELAY / 2 <= restart_delay(50) <= MAX_RESTART_DELAY
                for _ in range(50))
 

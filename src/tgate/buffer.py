@@ -106,12 +106,6 @@ class ClientBuffer:
         self.seen -= n
 
     @property
-    def overflowed(self) -> bool:
-        """Full at max_bufsize, all of it seen, and nothing consumed: no
-        progress is possible any more."""
-        return not self.awaiting and len(self._buf) >= self.max_size and self.seen == len(self._buf)
-
-    @property
     def finished(self) -> bool:
         """The client sent EOF and the handler answered its last data."""
         return self.eof_sent and not self.awaiting

@@ -6,11 +6,21 @@ carries out what it decides: bytes queued in :attr:`Core.outbox` go to the
 handler's stdin; clients in :attr:`Core.touched` get their output flushed,
 their reader woken, or their socket closed once ``closing`` is set and their
 output is empty.
+
+Everything bound for the handler (hello, connect, data, frames, eof,
+disconnect, replays) goes into one bytearray, the outbox, and counts against
+one byte budget (:data:`PIPE_HIGH_WATER`). A client whose bytes would go past
+it waits in :attr:`Core.backlog` with its bytes still in its own buffer, and
+is forwarded as the pipe drains (:meth:`Core.pump`): a replay of 10,000 full
+buffers costs the budget, not 10,000 messages at once.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import __version__
@@ -23,6 +33,7 @@ from .protocol import (
     Close,
     Consumed,
     HandlerError,
+    Invalid,
     Write,
     encode_connect,
     encode_data,
@@ -33,13 +44,17 @@ from .protocol import (
     parse_line,
     quote,
 )
+from .quarantine import Quarantine
 
 log = logging.getLogger("tgate")
 
 DEFAULT_MAX_OUTPUT = 1 << 20
 DEFAULT_QUARANTINE_AFTER = 3
-#: Stop reading clients while this much is queued for the handler's stdin.
+#: The byte budget for everything queued for the handler's stdin: reading
+#: clients, accepting and forwarding stop while this much is queued.
 PIPE_HIGH_WATER = 4 << 20
+#: At most this many client ids are named in one "write dropped" log line.
+_IDS_LOGGED = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +63,10 @@ class Settings:
     max_bufsize: int = MAX_BUFSIZE
     update_time: float = 1.0
     #: per-client queued output: reading pauses above half of it, and the
-    #: client is disconnected ("slow") when it would go past it
+    #: client is disconnected ("slow") when more stays queued after a send
     max_output: int = DEFAULT_MAX_OUTPUT
-    #: disconnect a client whose bytes were in flight at this many
-    #: consecutive handler crashes (0: never)
+    #: disconnect a client whose bytes alone crashed this many handlers in a
+    #: row (0: never; see quarantine.py)
     quarantine_after: int = DEFAULT_QUARANTINE_AFTER
     framing: str = "raw"
 
@@ -70,7 +85,7 @@ class Client:
 
     __slots__ = (
         "buffer", "closing", "frame_gen", "framer", "id", "io", "known", "local", "out", "peer",
-        "strikes",
+        "queued", "sent_at", "strikes", "suspect",
     )
 
     def __init__(
@@ -91,28 +106,39 @@ class Client:
         self.closing: str | None = None
         #: the current handler process has been told about this client
         self.known = False
-        #: consecutive handler crashes with this client's bytes in flight
+        #: handler crashes its bytes alone were in flight at, since its last reply
         self.strikes = 0
+        #: in flight with others at a crash: held until tried alone
+        self.suspect = False
+        #: waiting in the backlog for room in the handler's byte budget
+        self.queued = False
         #: the I/O shell's per-connection object
         self.io: object = None
         #: framed modes: the splitter, and the handler output generation at
         #: which a frame was last sent (in flight if no output came since)
         self.framer = framer
         self.frame_gen = -1
+        #: raw mode: when the data message awaiting its reply was sent
+        self.sent_at = 0.0
 
     def __repr__(self) -> str:
         return f"<client {self.id} {self.peer[0]}:{self.peer[1]}>"
 
 
 class Core:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.settings = settings or Settings()
+        self.clock = clock
         self.clients: dict[int, Client] = {}
         self._next_id = 1
-        self.outbox: list[bytes] = []
-        self.outbox_size = 0
+        #: what the handler's stdin has still to receive
+        self.outbox = bytearray()
         #: bytes taken from the outbox that the handler's stdin has not accepted yet
         self.pipe_pending = 0
+        #: clients with bytes to forward once the budget has room, in order
+        self.backlog: deque[Client] = deque()
         #: clients whose output, close state or readability changed
         self.touched: set[Client] = set()
         self.handler_up = False
@@ -123,6 +149,7 @@ class Core:
         #: keep client bytes in their buffers instead of sending them (the
         #: handler is being replaced or the gateway is stopping)
         self.hold = False
+        self.quarantine = Quarantine(self.settings.quarantine_after)
         self._lines = LineSplitter(MAX_HANDLER_LINE)
         self._out_high = max(1, self.settings.max_output // 2)
         self._framer_cls = framer_class(self.settings.framing)
@@ -131,12 +158,16 @@ class Core:
 
     # ------------------------------------------------------------ queries
 
+    @property
+    def outbox_size(self) -> int:
+        return len(self.outbox)
+
     def can_read(self, c: Client) -> bool:
         return (
             c.closing is None
             and c.buffer.room() > 0
             and len(c.out) < self._out_high
-            and self.outbox_size + self.pipe_pending < PIPE_HIGH_WATER
+            and len(self.outbox) + self.pipe_pending < PIPE_HIGH_WATER
             and not self.stopping
         )
 
@@ -146,13 +177,30 @@ class Core:
 
     @property
     def pipe_full(self) -> bool:
-        return self.outbox_size + self.pipe_pending >= PIPE_HIGH_WATER
+        return len(self.outbox) + self.pipe_pending >= PIPE_HIGH_WATER
 
-    def take_outbox(self) -> bytes:
-        data = b"".join(self.outbox)
-        self.outbox.clear()
-        self.outbox_size = 0
+    @property
+    def held_bytes(self) -> int:
+        """Bytes the core holds for the handler: the outbox, the write in
+        progress and every client's unconsumed buffer (the accounting the
+        memory tests assert on)."""
+        return (
+            len(self.outbox)
+            + self.pipe_pending
+            + sum(len(c.buffer) for c in self.clients.values())
+        )
+
+    def take_outbox(self) -> bytearray:
+        """Everything queued for the handler, handed over without a copy."""
+        data = self.outbox
+        self.outbox = bytearray()
         return data
+
+    def oldest_owed(self) -> float | None:
+        """When the oldest data message still awaiting its reply was sent."""
+        if not self.owed:
+            return None
+        return min((c.sent_at for c in self.clients.values() if c.buffer.awaiting), default=None)
 
     # ------------------------------------------------------------ client side
 
@@ -191,6 +239,8 @@ class Core:
             self._queue(encode_disconnect(c.id, reason))
         c.known = False
         self.touched.discard(c)
+        if self.quarantine.forget(c):
+            self._next_trial()
 
     def close(self, c: Client, reason: str, *, drop_output: bool = False) -> None:
         """Close `c` once its queued output is written (or at once)."""
@@ -202,13 +252,22 @@ class Core:
             c.out.clear()
         self.touched.add(c)
 
+    def sent(self, c: Client) -> None:
+        """The shell tried to send `c`'s output: what stays queued past
+        max_output means the client does not read (disconnect it, slow)."""
+        limit = self.settings.max_output
+        if len(c.out) > limit and c.closing != "slow":
+            log.warning("client %d disconnected (slow): %d bytes of output queued, limit %d",
+                        c.id, len(c.out), limit)
+            self.close(c, "slow", drop_output=True)
+
     # ------------------------------------------------------------ handler side
 
     def handler_started(self) -> None:
-        """A new handler process is up: greet it and replay every client."""
+        """A new handler process is up: greet it and replay every client,
+        paced through the byte budget."""
         s = self.settings
-        self.outbox.clear()
-        self.outbox_size = 0
+        self.outbox = bytearray()
         self._lines = LineSplitter(MAX_HANDLER_LINE)
         self.handler_up = True
         self.hold = self.stopping
@@ -226,34 +285,48 @@ class Core:
                 continue
             self._queue(encode_connect(c.id, c.peer, c.local))
             c.known = True
-            self._forward(c)
+        if self.quarantine.on_trial is None:
+            self._next_trial()
+        for c in self.clients.values():
+            if c.closing is None:
+                self._forward(c)
 
     def handler_lost(self, *, crashed: bool) -> list[Client]:
         """The handler process is gone. Returns the clients quarantined
-        because their bytes were in flight at too many consecutive crashes."""
+        because their bytes alone crashed too many handlers."""
         self.handler_up = False
-        self.outbox.clear()
-        self.outbox_size = 0
+        self.outbox = bytearray()
         self.pipe_pending = 0
         self.owed = 0
-        limit = self.settings.quarantine_after
-        quarantined = []
+        for c in self.backlog:
+            c.queued = False
+        self.backlog.clear()
+        in_flight = [
+            c for c in self.clients.values()
+            if c.closing is None
+            and (c.buffer.awaiting or (c.framer is not None and c.frame_gen == self._output_gen))
+        ]
+        quarantined = self.quarantine.crashed(in_flight) if crashed else []
+        for c in quarantined:
+            self.close(c, "quarantined")
         for c in self.clients.values():
-            if crashed:
-                if c.buffer.awaiting or c.frame_gen == self._output_gen:
-                    c.strikes += 1
-                    if limit and c.strikes >= limit and c.closing is None:
-                        self.close(c, "quarantined")
-                        quarantined.append(c)
-                else:
-                    c.strikes = 0
             c.buffer.rewind()
             c.known = False
+            c.frame_gen = -1
         return quarantined
 
     def tick(self) -> None:
         if self.handler_up:
             self._queue(TICK)
+
+    def pump(self) -> None:
+        """Forward the clients waiting for budget, while there is room."""
+        backlog = self.backlog
+        while backlog and not self.pipe_full:
+            c = backlog.popleft()
+            c.queued = False
+            if c.closing is None and c.id in self.clients:
+                self._forward(c)
 
     def handler_output(self, chunk: bytes) -> None:
         """Bytes read from the handler's stdout."""
@@ -267,6 +340,11 @@ class Core:
             self._lines.overlong.clear()
         for line in lines:
             self.handler_line(line)
+        trial = self.quarantine.on_trial
+        if trial is not None and trial.framer is not None:
+            if 0 <= trial.frame_gen < self._output_gen:
+                # Framed: output after the trial's frames means it survived them.
+                self._acquit(trial)
 
     def handler_line(self, line: bytes) -> None:
         commands, errors = parse_line(line)
@@ -283,25 +361,33 @@ class Core:
                 self._write(cmd, line)
             elif type(cmd) is Consumed:
                 self._consumed(cmd, line)
-            else:
-                assert type(cmd) is Close
+            elif type(cmd) is Close:
                 self._close(cmd, line)
+            else:
+                assert type(cmd) is Invalid
+                self._invalid(cmd, line)
 
     # ------------------------------------------------------------ internals
 
     def _queue(self, msg: bytes) -> None:
-        self.outbox.append(msg)
-        self.outbox_size += len(msg)
+        self.outbox += msg
 
     def _forward(self, c: Client) -> None:
+        if not self.handler_up or c.closing is not None or self.hold:
+            return
+        if c.suspect and c is not self.quarantine.on_trial:
+            return  # held until tried alone
+        if len(self.outbox) + self.pipe_pending >= PIPE_HIGH_WATER:
+            if not c.queued:
+                c.queued = True
+                self.backlog.append(c)
+            return
         if c.framer is None:
             self._send_data(c)
         else:
             self._send_frames(c, c.framer)
 
     def _send_frames(self, c: Client, framer: Framer) -> None:
-        if not self.handler_up or c.closing is not None or self.hold:
-            return
         b = c.buffer
         try:
             frames, used = framer.split(b.data, b.max_size)
@@ -329,6 +415,7 @@ class Core:
             last = framer.tail(rest)
             if last is not None:
                 self._queue(encode_frame(c.id, last))
+                c.frame_gen = self._output_gen
             elif rest:
                 log.info("client %d: incomplete %s frame of %d bytes dropped at EOF",
                          c.id, framer.name, len(rest))
@@ -336,17 +423,44 @@ class Core:
             b.eof_sent = True
 
     def _send_data(self, c: Client) -> None:
-        if not self.handler_up or c.closing is not None or self.hold:
-            return
         msg = c.buffer.take_message()
         if msg is not None:
             self._queue(encode_data(c.id, msg[0], msg[1]))
             self.owed += 1
+            c.sent_at = self.clock()
 
-    def _lookup(self, cid: int, line: bytes, what: str) -> Client | None:
+    def _has_input(self, c: Client) -> bool:
+        b = c.buffer
+        return len(b) > 0 or (b.eof and not b.eof_sent)
+
+    def _next_trial(self) -> None:
+        """Put the next suspect on trial: its bytes alone go to the handler."""
+        q = self.quarantine
+        while q.on_trial is None:
+            c = q.next_suspect()
+            if c is None:
+                return
+            if c.id not in self.clients or c.closing is not None:
+                q.acquit(c)
+            elif not self._has_input(c):
+                q.acquit(c)  # nothing left to try (framed frames are not replayed)
+            else:
+                q.on_trial = c
+                self._forward(c)
+
+    def _acquit(self, c: Client) -> None:
+        was_trial = c is self.quarantine.on_trial
+        self.quarantine.acquit(c)
+        if was_trial:
+            self._next_trial()
+
+    def _lookup(self, cid: int) -> Client | None:
         c = self.clients.get(cid)
         if c is not None and c.known:
             return c
+        return None
+
+    def _unknown(self, cid: int, line: bytes, what: str) -> None:
         if 0 < cid < self._next_id:
             # A reply racing the client's disconnect is normal; a consumed for
             # a gone client is the commonest case and not worth a line.
@@ -356,10 +470,8 @@ class Core:
         else:
             log.warning("handler %s dropped: client id %d was never issued: %s",
                         what, cid, quote(line))
-        return None
 
     def _write(self, cmd: Write, line: bytes) -> None:
-        limit = self.settings.max_output
         data = cmd.data
         if self._framer_cls is not None and not cmd.raw:
             try:
@@ -367,31 +479,39 @@ class Core:
             except FrameError as exc:
                 log.warning("handler write dropped: %s: %s", exc, quote(line))
                 return
+        clients = self.clients
+        closed: list[int] = []
+        never: list[int] = []
+        dropped: list[int] = []
         for cid in cmd.ids:
-            c = self._lookup(cid, line, "write")
-            if c is None:
+            c = clients.get(cid)
+            if c is None or not c.known:
+                (closed if 0 < cid < self._next_id else never).append(cid)
                 continue
             if c.closing == "closed" or c.closing == "slow":
-                why = "handler closed it" if c.closing == "closed" else "output dropped (slow)"
-                log.info("handler write to client %d dropped: %s: %s", cid, why, quote(line))
-                continue
-            if len(c.out) + len(data) > limit:
-                log.warning(
-                    "client %d disconnected (slow): %d bytes of output queued, limit %d",
-                    cid, len(c.out) + len(data), limit,
-                )
-                self.close(c, "slow", drop_output=True)
+                dropped.append(cid)
                 continue
             c.out += data
             self.touched.add(c)
+        # One line per handler line, however many ids it named.
+        if closed:
+            log.info("handler write for %s dropped: client is closed: %s",
+                     _some("client", closed), quote(line))
+        if never:
+            log.warning("handler write dropped: %s never issued: %s",
+                        _some("client id", never, "was", "were"), quote(line))
+        if dropped:
+            log.info("handler write for %s dropped: the handler closed it or its output was "
+                     "dropped (slow): %s", _some("client", dropped), quote(line))
 
     def _consumed(self, cmd: Consumed, line: bytes) -> None:
         if self._framer_cls is not None:
             log.warning("handler line dropped: consumed is only for --framing raw: %s",
                         quote(line))
             return
-        c = self._lookup(cmd.id, line, "consumed")
+        c = self._lookup(cmd.id)
         if c is None:
+            self._unknown(cmd.id, line, "consumed")
             return
         b = c.buffer
         was_awaiting = b.awaiting
@@ -404,22 +524,43 @@ class Core:
             return
         if was_awaiting:
             self.owed -= 1
-        c.strikes = 0
+        if c.suspect or c.strikes:
+            self._acquit(c)
         if c.closing is None:
             held = len(b.data)
             if b.eof:
                 if b.finished:
                     self.close(c, "eof")
                 else:
-                    self._send_data(c)
+                    self._forward(c)
             elif held > b.seen:  # bytes arrived meanwhile: send them now
-                self._send_data(c)
+                self._forward(c)
             elif held >= b.max_size:
                 log.info("client %d disconnected (overflow): %d bytes unconsumed", c.id, held)
                 self.close(c, "overflow")
         self.touched.add(c)
 
+    def _invalid(self, cmd: Invalid, line: bytes) -> None:
+        c = self._lookup(cmd.id)
+        if c is None:
+            log.warning("handler line dropped: %s: %s", cmd.error, quote(line))
+            return
+        log.warning("handler line dropped: client %d: %s; disconnecting it (error): %s",
+                    cmd.id, cmd.error, quote(line))
+        self.close(c, "error")
+
     def _close(self, cmd: Close, line: bytes) -> None:
-        c = self._lookup(cmd.id, line, "close")
-        if c is not None:
+        c = self._lookup(cmd.id)
+        if c is None:
+            self._unknown(cmd.id, line, "close")
+        else:
             self.close(c, "closed")
+
+
+def _some(what: str, ids: list[int], one: str = "", many: str = "") -> str:
+    """'client 3' or 'clients 3, 4, 5, ... (12 in all)' for one log line."""
+    if len(ids) == 1:
+        return f"{what} {ids[0]}" + (f" {one}" if one else "")
+    shown = ", ".join(str(i) for i in ids[:_IDS_LOGGED])
+    more = f", ... ({len(ids)} in all)" if len(ids) > _IDS_LOGGED else ""
+    return f"{what}s {shown}{more}" + (f" {many}" if many else "")

@@ -18,6 +18,10 @@ import selectors
 
 READ = 1
 WRITE = 2
+#: As an interest: keep the fd registered for errors and hang-ups even with
+#: neither READ nor WRITE (a paused socket, one after the client's EOF). As
+#: a readiness bit: the peer reset or is gone.
+HUP = 4
 
 
 class Poller:
@@ -47,6 +51,7 @@ class Poller:
             if not new:
                 self._ep.unregister(fd)
                 return
+            # EPOLLERR and EPOLLHUP are always reported, even with no flags.
             flags = (select.EPOLLIN | select.EPOLLRDHUP if new & READ else 0) | (
                 select.EPOLLOUT if new & WRITE else 0
             )
@@ -56,9 +61,14 @@ class Poller:
                 self._ep.register(fd, flags)
             return
         assert self._sel is not None  # pragma: no cover
+        # Selectors cannot watch for hang-ups alone: HUP-only means unwatched.
+        old &= READ | WRITE  # pragma: no cover
+        new &= READ | WRITE  # pragma: no cover
         events = (selectors.EVENT_READ if new & READ else 0) | (  # pragma: no cover
             selectors.EVENT_WRITE if new & WRITE else 0
         )
+        if old == new:  # pragma: no cover
+            return
         if not new:  # pragma: no cover
             self._sel.unregister(fd)
         elif old:  # pragma: no cover
@@ -77,6 +87,8 @@ class Poller:
                     mask = READ
                 if ev & (select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR):
                     mask |= WRITE
+                if ev & (select.EPOLLHUP | select.EPOLLERR):
+                    mask |= HUP
                 out.append((fd, mask))
             return out
         assert self._sel is not None  # pragma: no cover

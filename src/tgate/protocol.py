@@ -44,7 +44,16 @@ class Close(NamedTuple):
     id: int
 
 
-Command = Consumed | Write | Close
+class Invalid(NamedTuple):
+    """An instruction about a live client that is wrong in a way the client
+    would pay for (a ``consumed`` whose ``n`` is not an integer would leave
+    it waiting forever): the core disconnects that client (reason error)."""
+
+    id: int
+    error: str
+
+
+Command = Consumed | Write | Close | Invalid
 
 
 # ---------------------------------------------------------------- gateway -> handler
@@ -164,10 +173,11 @@ def _parse_command_checked(obj: object) -> Command:
             return Write(tuple(ids), data, raw)
         return Write((_client_id(obj),), data, raw)
     if op == "consumed":
+        cid = _client_id(obj)
         n = obj.get("n")
         if type(n) is not int:
-            raise HandlerError(f"field 'n' must be an integer, not {n!r}")
-        return Consumed(_client_id(obj), n)
+            return Invalid(cid, f"consumed: field 'n' must be an integer, not {n!r}")
+        return Consumed(cid, n)
     if op == "close":
         return Close(_client_id(obj))
     if op is None:

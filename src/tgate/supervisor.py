@@ -23,7 +23,8 @@ log = logging.getLogger("tgate")
 #: How long a handler may take to exit after its stdin closes, and again
 #: after SIGTERM, before the next step.
 STOP_GRACE = 2.0
-#: First restart delay after a crash; it doubles per consecutive crash...
+#: The first crash after a stable period restarts at once; the second in a
+#: row waits this long, doubling per consecutive crash...
 FIRST_RESTART_DELAY = 0.1
 #: ...up to this cap, where tgate keeps retrying for as long as it runs.
 MAX_RESTART_DELAY = 5.0
@@ -60,9 +61,24 @@ class HandlerProcess:
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self._popen = popen
         self.pid = popen.pid
-        self.stdin = _stream(popen.stdin)
-        self.stdout = _stream(popen.stdout)
-        self.stderr = _stream(popen.stderr)
+        # Own the pipes as plain fds (dup first, so that running out of fds
+        # half-way leaks nothing: the caller then kills the process).
+        pipes = (popen.stdin, popen.stdout, popen.stderr)
+        fds: list[int] = []
+        try:
+            for f in pipes:
+                assert f is not None
+                fds.append(os.dup(f.fileno()))
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        for f in pipes:
+            assert f is not None
+            f.close()
+        self.stdin = trio.lowlevel.FdStream(fds[0])
+        self.stdout = trio.lowlevel.FdStream(fds[1])
+        self.stderr = trio.lowlevel.FdStream(fds[2])
         self._pidfd: int | None = None
         self._watching = False
         self._changed = trio.Event()
@@ -94,17 +110,15 @@ class HandlerProcess:
                 self._watching = False
                 self._changed.set()
                 self._changed = trio.Event()
-        if self._pidfd is not None and not self._watching:
-            os.close(self._pidfd)
-            self._pidfd = None
+        if not self._watching:
+            self.close()
         return code
 
-
-def _stream(f: object) -> trio.lowlevel.FdStream:
-    assert f is not None and hasattr(f, "fileno") and hasattr(f, "close")
-    fd = os.dup(f.fileno())
-    f.close()
-    return trio.lowlevel.FdStream(fd)
+    def close(self) -> None:
+        """Release the pidfd (the process must have been reaped)."""
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
 
 async def spawn(argv: list[str]) -> HandlerProcess:
@@ -121,12 +135,23 @@ async def spawn(argv: list[str]) -> HandlerProcess:
             start_new_session=True,
             preexec_fn=_child_setup,
         )
-    except OSError as exc:
+    except (OSError, subprocess.SubprocessError) as exc:
+        # ENOENT, EACCES, and EMFILE/ENFILE/ENOMEM when tgate is at a limit.
+        why = getattr(exc, "strerror", None) or exc
+        raise HandlerStartError(f"cannot start handler {argv[0]!r}: {why}") from None
+    try:
+        proc = HandlerProcess(popen)
+    except OSError as exc:  # out of fds while taking over its pipes
+        os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+        for f in (popen.stdin, popen.stdout, popen.stderr):
+            if f is not None:
+                f.close()
         raise HandlerStartError(
             f"cannot start handler {argv[0]!r}: {exc.strerror or exc}"
         ) from None
     await trio.lowlevel.checkpoint()
-    return HandlerProcess(popen)
+    return proc
 
 
 def _killpg(proc: HandlerProcess, sig: int) -> None:
@@ -156,9 +181,15 @@ async def stop(proc: HandlerProcess, grace: float = STOP_GRACE) -> None:
             await proc.wait()
         # Whatever else the handler started in its group goes with it.
         _killpg(proc, signal.SIGKILL)
+        proc.close()
         # stderr is left to forward_stderr, which drains it (the last words of
         # a crashed handler) and closes it at EOF.
         await proc.stdout.aclose()
+
+
+def kill_now(proc: HandlerProcess) -> None:
+    """SIGKILL the handler's whole process group (second SIGINT/SIGTERM)."""
+    _killpg(proc, signal.SIGKILL)
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -174,10 +205,13 @@ def describe_exit(returncode: int | None) -> str:
 
 
 def restart_delay(consecutive_crashes: int) -> float:
-    """Exponential backoff with jitter: at most 0.1 s after the first crash,
-    doubling up to MAX_RESTART_DELAY; jitter spreads restarts of many tgates
-    sharing a broken dependency."""
-    base = min(MAX_RESTART_DELAY, FIRST_RESTART_DELAY * float(2 ** max(0, consecutive_crashes - 1)))
+    """No delay for the first crash after a stable period (the clients are
+    waiting); then exponential backoff with jitter from FIRST_RESTART_DELAY
+    up to MAX_RESTART_DELAY. Jitter spreads restarts of many tgates sharing
+    a broken dependency."""
+    if consecutive_crashes <= 1:
+        return 0.0
+    base = min(MAX_RESTART_DELAY, FIRST_RESTART_DELAY * float(2 ** (consecutive_crashes - 2)))
     jitter: float = random.uniform(0.5, 1.0)
     return base * jitter
 
