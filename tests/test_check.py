@@ -17,13 +17,19 @@ from pathlib import Path
 
 import orjson
 import pytest
+import trio
 
-from tgate.check import PROBE, main
+from tgate.check import PROBE, Row, main, render
+from tgate.check import check as run_check
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 LINE_ECHO = FIXTURES / "line_echo.py"
 BROKEN = FIXTURES / "broken_handler.py"
+CRASH_AT_START = FIXTURES / "crash_at_start.py"
+FRAME_ONLY = FIXTURES / "frame_only_handler.py"
+CLOSES_ON_DATA = FIXTURES / "closes_on_data.py"
+ANSWERS_ONCE = FIXTURES / "answers_once.py"
 ECHO_PL = ROOT / "examples" / "echo.pl"
 
 needs_perl = pytest.mark.skipif(shutil.which("perl") is None, reason="perl is not installed")
@@ -47,12 +53,21 @@ def row(out: str, scenario: str) -> str:
 
 
 def summary(out: str) -> tuple[int, int]:
-    found = re.search(r"^(\d+) passed, (\d+) failed$", out, re.MULTILINE)
+    """The closing line's passed and failed counts."""
+    found = re.search(r"^(\d+) passed, (\d+) failed(, \d+ skipped)?$", out, re.MULTILINE)
     assert found, out
     return int(found.group(1)), int(found.group(2))
 
 
+def skipped(out: str) -> int:
+    found = re.search(r"^\d+ passed, \d+ failed(?:, (\d+) skipped)?$", out, re.MULTILINE)
+    assert found, out
+    return int(found.group(1) or 0)
+
+
+PROBE_ROW = "speaks-protocol"
 ALL_ROWS = [
+    PROBE_ROW,
     "hello-silence",
     "one-data",
     "split",
@@ -151,10 +166,13 @@ def test_broken_handler_fails_with_concrete_messages(capsys: pytest.CaptureFixtu
 def test_crash_is_reported_with_status_and_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     code, out = check(capsys, py(BROKEN, "crash"), "--scenario", "one-data")
     assert code == 1, out
-    assert summary(out) == (1, 1)  # one-data fails; valid-lines passes
-    assert "handler exited with status 3" in row(out, "one-data")
-    assert "waiting for a consumed reply for client 1" in out
-    assert "| broken_handler: crashing on purpose" in out  # the stderr tail
+    # It crashes on its first data: the first check fails, nothing else is run.
+    assert summary(out) == (0, 1) and skipped(out) == 2
+    assert "handler exited with status 3 at start" in row(out, PROBE_ROW)
+    assert row(out, "one-data").endswith("| SKIP")
+    assert row(out, "valid-lines").endswith("| SKIP")
+    assert "before answering its first data; it wrote nothing on stdout" in out
+    assert out.count("| broken_handler: crashing on purpose") == 1  # the stderr tail
 
 
 def test_missing_reply_times_out(capsys: pytest.CaptureFixture[str]) -> None:
@@ -162,7 +180,9 @@ def test_missing_reply_times_out(capsys: pytest.CaptureFixture[str]) -> None:
     code, out = check(capsys, py(BROKEN, "silent"), "--timeout", "1", "--scenario", "one-data")
     assert time.monotonic() - started < 10
     assert code == 1, out
-    assert "timed out after 1 s waiting for a consumed reply for client 1" in out
+    assert "timed out after 1 s waiting for a consumed reply for client 1" in row(out, PROBE_ROW)
+    assert "it wrote nothing on stdout" in out
+    assert row(out, "one-data").endswith("| SKIP")
 
 
 def test_handler_ignoring_stdin_eof_is_killed(
@@ -189,7 +209,7 @@ def test_handler_ignoring_stdin_eof_is_killed(
     )
     assert row(out, "one-data").endswith("| PASS")  # not exiting fails only the exit checks
     pids = [int(p) for p in pidfile.read_text().split()]
-    assert len(pids) == 2
+    assert len(pids) == 3  # speaks-protocol, one-data, stdin-eof
     for pid in pids:
         with pytest.raises(ProcessLookupError):  # killed and reaped
             os.kill(pid, 0)
@@ -200,7 +220,7 @@ def test_split_dependent_output_fails(capsys: pytest.CaptureFixture[str]) -> Non
         capsys, py(BROKEN, "splitdep"), "--scenario", "split", "--scenario", "many-clients"
     )
     assert code == 1, out
-    assert summary(out) == (1, 2)
+    assert summary(out) == (2, 2)  # speaks-protocol and valid-lines pass
     assert "byte-by-byte: output to client 1 differs from the unsplit run" in out
     assert "split at byte 1: output to client 1 differs from the unsplit run" in out
     assert "output differs from the same bytes sent alone" in out
@@ -238,7 +258,7 @@ def test_python_dash_m(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert summary(proc.stdout) == (2, 0)
+    assert summary(proc.stdout) == (3, 0)  # speaks-protocol, one-data, valid-lines
 
 
 @pytest.mark.parametrize(
@@ -257,6 +277,7 @@ def test_every_example_handler_passes(capsys: pytest.CaptureFixture[str], name: 
 
 BROKEN_FRAMED = FIXTURES / "broken_framed_handler.py"
 FRAMED_ROWS = [
+    PROBE_ROW,
     "hello-silence",
     "frames",
     "ids-live",
@@ -307,7 +328,7 @@ def test_echoes_pass_in_other_framings(
         capsys, example(name), "--framing", framing, *(f"--scenario={s}" for s in scenarios)
     )
     assert code == 0, out
-    assert summary(out) == (len(scenarios) + 1, 0)
+    assert summary(out) == (len(scenarios) + 2, 0)  # with speaks-protocol and valid-lines
     assert f"bytes 0..255 in 5 frames ({framing}); still serving" in row(out, "binary") or (
         framing == "crlf" and "in 3 frames (crlf)" in row(out, "binary")
     )
@@ -319,7 +340,8 @@ def test_framed_handler_sending_consumed_fails(capsys: pytest.CaptureFixture[str
         "--scenario", "frames", "--scenario", "eof",
     )
     assert code == 1, out
-    assert summary(out) == (1, 2)  # valid-lines passes: the lines are well-formed
+    assert summary(out) == (2, 2)  # valid-lines passes: the lines are well-formed
+    assert row(out, PROBE_ROW).endswith("| PASS")  # a wrong answer is still an answer
     assert row(out, "frames").endswith("| FAIL")
     assert (
         "consumed n=5 for client 1: consumed is invalid in --framing line "
@@ -380,3 +402,179 @@ def test_raw_only_scenarios_are_refused_in_a_framed_mode(
     assert "scenario 'frames' is not run with --framing raw" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([py(LINE_ECHO), "--framing", "bogus"])
+
+
+# -- failing fast: one verdict for a program that is not a handler --------------
+
+FAST = 10  # seconds a hopeless handler may take, whole check included
+
+
+def results(rows: list[Row]) -> list[str]:
+    return [r.result for r in rows]
+
+
+def assert_one_verdict(rows: list[Row], *seen: str) -> str:
+    """The first check failed, saying `seen`; every other row was not run."""
+    out = render(rows)
+    assert results(rows)[0] == "FAIL", out
+    assert set(results(rows)[1:]) == {"SKIP"}, out
+    assert rows[0].name == PROBE_ROW
+    for text in seen:
+        assert text in rows[0].verdict.seen, out
+    assert len(rows[0].verdict.problems) == 1, out
+    assert out.count("\nFAIL ") == 1, out
+    assert summary(out) == (0, 1) and skipped(out) == len(rows) - 1
+    return out
+
+
+@pytest.mark.skipif(shutil.which("cat") is None, reason="cat is not installed")
+async def test_cat_fails_fast_with_one_verdict() -> None:
+    started = trio.current_time()
+    with trio.fail_after(FAST):
+        rows = await run_check(["cat"], 5.0, [])
+    assert trio.current_time() - started < FAST
+    assert [r.name for r in rows] == ALL_ROWS
+    out = assert_one_verdict(rows, "echoed gateway messages back: it is not a tgate handler")
+    assert '{"op":"hello"' in rows[0].verdict.seen  # what it echoed
+    assert "valid-lines" in out  # not run either: the echoes are one verdict, not two
+
+
+async def test_crash_at_start_gets_one_verdict_and_its_stderr_once() -> None:
+    with trio.fail_after(FAST):
+        rows = await run_check([sys.executable, str(CRASH_AT_START)], 5.0, [])
+    out = assert_one_verdict(
+        rows,
+        "handler exited with status 1 at start, before answering its first data; "
+        "it wrote nothing on stdout",
+    )
+    assert out.count("Traceback (most recent call last):") == 1, out
+    assert out.count("RuntimeError: crash_at_start: no configuration found") == 1, out
+    assert "    |   File " in out  # the traceback keeps its indentation
+
+
+async def test_framed_check_of_a_crash_at_start_is_one_verdict() -> None:
+    with trio.fail_after(FAST):
+        rows = await run_check([sys.executable, str(CRASH_AT_START)], 5.0, [], "line")
+    assert [r.name for r in rows] == FRAMED_ROWS
+    assert_one_verdict(rows, "handler exited with status 1 at start, before closing a client")
+
+
+async def test_frame_only_python_handler_fails_the_raw_check() -> None:
+    """The adapter refuses to start in raw mode (or, before it did, closed every
+    client on its data): the raw check fails at its first data either way."""
+    with trio.fail_after(FAST):
+        rows = await run_check([sys.executable, str(FRAME_ONLY)], 5.0, [])
+    out = assert_one_verdict(rows)
+    seen = rows[0].verdict.seen
+    assert "does not serve raw mode" in seen or "exited with status" in seen, out
+    assert "process_client_data" in out  # the adapter's own explanation, on stderr
+
+
+async def test_frame_only_python_handler_passes_in_line_framing() -> None:
+    with trio.fail_after(30):
+        rows = await run_check([sys.executable, str(FRAME_ONLY)], 5.0, ["frames"], "line")
+    assert results(rows) == ["PASS", "PASS", "PASS"], render(rows, "line")
+
+
+async def test_closing_every_client_on_its_data_fails_the_first_check() -> None:
+    with trio.fail_after(FAST):
+        rows = await run_check([sys.executable, str(CLOSES_ON_DATA)], 5.0, [])
+    out = assert_one_verdict(
+        rows,
+        "closed client 1 in answer to its first data",
+        "consuming and writing nothing: the handler does not serve raw mode",
+    )
+    assert out.count("NotImplementedError: Shout.process_client_data is not implemented") == 1
+
+
+async def test_a_handler_hanging_after_its_first_answer_cannot_take_minutes() -> None:
+    """The split scenario has 40 runs: it stops at the first that times out.
+    Several failures with the same stderr show it once."""
+    started = trio.current_time()
+    with trio.fail_after(20):
+        rows = await run_check([sys.executable, str(ANSWERS_ONCE)], 1.0, ["split", "ids-live"])
+    assert trio.current_time() - started < 15
+    out = render(rows)
+    assert results(rows) == ["PASS", "FAIL", "FAIL", "PASS"], out
+    split = rows[1].verdict.problems
+    assert split[0].startswith(
+        "byte-by-byte: timed out after 1 s waiting for a consumed reply for client 1 "
+        "(data #2 of 1 bytes; "
+    ), out
+    assert split[-1] == "38 more run(s) of this scenario not started after byte-by-byte timed out"
+    assert out.count("answers_once: starting") == 1, out
+    assert "handler stderr: the same as for split above" in out
+
+
+def _console_script() -> str:
+    """The tgate command installed next to this Python (the venv's)."""
+    found = shutil.which("tgate", path=str(Path(sys.executable).parent)) or shutil.which(
+        "tgate"
+    )
+    if found is None:
+        pytest.skip("the tgate console script is not installed (pip install -e .)")
+    return found
+
+
+def test_console_script_fails_a_crash_at_start_fast() -> None:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [_console_script(), "check-handler", py(CRASH_AT_START)],
+        capture_output=True,
+        text=True,
+        timeout=FAST,
+    )
+    assert time.monotonic() - started < FAST
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert row(out, PROBE_ROW).endswith("| FAIL")
+    assert summary(out) == (0, 1) and skipped(out) == len(ALL_ROWS) - 1
+    assert out.count("RuntimeError: crash_at_start: no configuration found") == 1, out
+
+
+@pytest.mark.skipif(shutil.which("cat") is None, reason="cat is not installed")
+def test_console_script_fails_cat_fast() -> None:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [_console_script(), "check-handler", "cat"], capture_output=True, text=True, timeout=FAST
+    )
+    assert time.monotonic() - started < FAST
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "echoed gateway messages back" in row(proc.stdout, PROBE_ROW)
+    assert summary(proc.stdout) == (0, 1)
+
+
+def test_console_script_passes_a_good_handler() -> None:
+    proc = subprocess.run(
+        [_console_script(), "check-handler", "--scenario", "one-data", py(LINE_ECHO)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert summary(proc.stdout) == (3, 0)
+    assert "answered its first data in" in row(proc.stdout, PROBE_ROW)
+
+
+def test_verbose_shows_whole_cells() -> None:
+    whole = (
+        "handler exited with status 1 at start, before answering its first data; "
+        "it wrote nothing on stdout"
+    )
+
+    def run(*flags: str) -> str:
+        proc = subprocess.run(
+            [_console_script(), "check-handler", *flags, py(CRASH_AT_START)],
+            capture_output=True,
+            text=True,
+            timeout=FAST,
+        )
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        return proc.stdout
+
+    compact, verbose = run(), run("--verbose")
+    assert whole not in row(compact, PROBE_ROW)
+    assert row(compact, PROBE_ROW).split(" | ")[2].rstrip().endswith("...")
+    assert whole in row(verbose, PROBE_ROW)
+    assert whole in run("-v")
+    assert f"  - {whole}" in compact  # the failure's details are whole either way
