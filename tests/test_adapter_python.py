@@ -312,6 +312,131 @@ def test_process_loop_several_messages_incomplete_and_trailing_data() -> None:
     assert loop.clients[1]._buf == b""
 
 
+class LineCounter(ServerLoop):
+    """Consumes one line per call and measures the adapter's work: the bytes of
+    every distinct ``buf`` object it is handed (a new object means the adapter
+    built it, i.e. copied bytes). Aborts the client once that exceeds
+    ``budget``, so a quadratic adapter fails fast instead of copying gigabytes.
+
+    It defines both raw callbacks: ``process_client_buffer`` (zero-copy,
+    preferred when the adapter has it) and ``process_client_data`` (the same
+    handler for an adapter without it, which is how the test fails there)."""
+
+    def __init__(self, budget: int) -> None:
+        super().__init__()
+        self.budget = budget
+        self.calls = 0
+        self.lines = 0
+        self.bytes_handed = 0  # total size of the distinct buf objects seen
+        self._last: bytes | None = None
+
+    def _see(self, buf: bytes) -> None:
+        self.calls += 1
+        if buf is not self._last:
+            self._last = buf
+            self.bytes_handed += len(buf)
+            if self.bytes_handed > self.budget:
+                raise RuntimeError(f"over budget: {self.bytes_handed} bytes in {self.calls} calls")
+
+    def process_client_buffer(self, client: Client, buf: bytes, pos: int, length: int) -> int:
+        self._see(buf)
+        end = buf.find(b"\n", pos, pos + length)
+        if end < 0:
+            return 0
+        self.lines += 1
+        return end + 1 - pos
+
+    def process_client_data(self, client: Client, buf: bytes) -> int:
+        self._see(buf)
+        end = buf.find(b"\n")
+        if end < 0:
+            return 0
+        self.lines += 1
+        return end + 1
+
+
+@pytest.mark.parametrize("chunk", [256 * 1024, 16 * 1024, 1000])
+def test_many_small_messages_cost_linear_work(chunk: int) -> None:
+    """256 KiB of one-byte messages (empty lines), sent as tgate would in
+    ``data`` messages of ``chunk`` bytes. The adapter hands the handler
+    O(total) bytes, not O(total * messages per batch): the buf is shared by
+    all the calls of one batch. Copying the rest per message (the old adapter)
+    is 34 GB for one 256 KiB batch and 2 GB for 16 KiB batches."""
+    total = 256 * 1024
+    payload = b"\n" * total
+    msgs = [connect(1)]
+    for start in range(0, total, chunk):
+        msgs.append(data(1, payload[start : start + chunk]))
+    loop = LineCounter(budget=4 * total)
+    lines = run(loop, *msgs)
+    assert loop.calls == total, (loop.calls, loop.bytes_handed)
+    assert loop.lines == total
+    assert sum(consumed(lines, 1)) == total
+    assert closes(lines) == []
+    # Each batch is handed once (plus nothing left over: every message is whole).
+    assert loop.bytes_handed == total
+    assert loop.clients[1]._buf == b""
+
+
+def test_process_client_buffer_carries_partial_messages_across_batches() -> None:
+    """2-byte messages split across batches at odd offsets: the zero-copy
+    callback sees the held byte and the new ones in one buf, and the adapter
+    keeps exactly the unconsumed tail."""
+    seen: list[tuple[bytes, int, int]] = []
+
+    class Pairs(ServerLoop):
+        def process_client_buffer(self, client: Client, buf: bytes, pos: int, length: int) -> int:
+            seen.append((buf, pos, length))
+            if length < 2:
+                return 0
+            client.write(buf[pos : pos + 2].upper())
+            return 2
+
+    stream = b"abcdefghij"
+    lines = run(Pairs(), connect(1), data(1, stream[:3]), data(1, stream[3:4]),
+                data(1, stream[4:9]), data(1, stream[9:]))
+    assert received(lines) == {1: stream.upper()}
+    assert consumed(lines) == [2, 2, 4, 2]
+    assert seen == [
+        (b"abc", 0, 3), (b"abc", 2, 1),
+        (b"cd", 0, 2),
+        (b"efghi", 0, 5), (b"efghi", 2, 3), (b"efghi", 4, 1),
+        (b"ij", 0, 2),
+    ]
+    # One buf object per batch, shared by its calls.
+    assert seen[0][0] is seen[1][0] and seen[3][0] is seen[4][0] is seen[5][0]
+
+
+@pytest.mark.parametrize("bad", [-1, 2, "1", None, True])
+def test_process_client_buffer_bad_return_closes_only_that_client(bad: Any) -> None:
+    errors: list[BaseException] = []
+
+    class Bad(ServerLoop):
+        def process_client_buffer(self, client: Client, buf: bytes, pos: int, length: int) -> int:
+            if client.id == 1 and pos == 1:
+                return bad  # type: ignore[no-any-return]
+            return 1
+
+        def on_error(self, exc: BaseException, client: Client | None) -> None:
+            errors.append(exc)
+
+    lines = run(Bad(), connect(1), connect(2), data(1, b"ab"), data(2, b"ab"))
+    assert lines == [
+        [{"op": "consumed", "id": 1, "n": 1}, {"op": "close", "id": 1}],
+        [{"op": "consumed", "id": 2, "n": 2}],
+    ]
+    [exc] = errors
+    assert str(exc).startswith(f"process_client_buffer returned {bad!r}")
+    assert "expected an int in 0..1" in str(exc)
+
+
+def test_default_process_client_buffer_delegates_to_process_client_data() -> None:
+    loop = Recorder()
+    assert loop.process_client_buffer(Client(loop, 1), b"xa\nb", 1, 3) == 2
+    assert loop.process_client_buffer(Client(loop, 2), b"c\n", 0, 2) == 2
+    assert loop.data_calls() == [(1, b"a\nb", False), (2, b"c\n", False)]
+
+
 def test_process_not_called_without_bytes() -> None:
     loop = Recorder()
     lines = run(loop, connect(1), data(1, b""))
@@ -810,7 +935,7 @@ class FrameRecorder(ServerLoop):
 
 
 def test_hello_sets_framing() -> None:
-    loop = FrameRecorder()
+    loop = ServerLoop()  # no data callbacks: serves any framing (see the mismatch tests)
     assert loop.framing == "raw"
     run(loop, hello=False)
     assert loop.framing == "raw"
@@ -1000,6 +1125,134 @@ def test_process_frame_must_be_overridden(capsys: pytest.CaptureFixture[str]) ->
                 hello=False)
     assert lines == [[{"op": "close", "id": 1}], [{"op": "close", "id": 2}]]
     assert "NotImplementedError: ServerLoop.process_frame" in capsys.readouterr().err
+
+
+class FramesOnly(ServerLoop):
+    def process_frame(self, client: Client, frame: bytes) -> None:
+        client.write(frame)
+
+
+class BytesOnly(ServerLoop):
+    def process_client_data(self, client: Client, buf: bytes) -> int:
+        client.write(buf)
+        return len(buf)
+
+
+class BufferOnly(ServerLoop):
+    def process_client_buffer(self, client: Client, buf: bytes, pos: int, length: int) -> int:
+        return length
+
+
+@pytest.mark.parametrize(
+    ("loop", "hello", "message"),
+    [
+        pytest.param(
+            FramesOnly(), HELLO,
+            "tgate_handler: FramesOnly defines process_frame but not process_client_data, and "
+            "tgate runs in raw mode (hello framing 'raw'), where every client would fail: start "
+            "tgate with --framing line (or another framing) or implement process_client_data; "
+            "exiting\n",
+            id="frame-only-in-raw",
+        ),
+        pytest.param(
+            FramesOnly(), {k: v for k, v in HELLO.items() if k != "framing"},
+            "FramesOnly defines process_frame but not process_client_data",
+            id="frame-only-old-tgate-without-framing",
+        ),
+        pytest.param(
+            BytesOnly(), LINE_HELLO,
+            "tgate_handler: BytesOnly defines process_client_data but not process_frame, and "
+            "tgate runs with --framing line, where every client would fail: start tgate with "
+            "--framing raw or implement process_frame; exiting\n",
+            id="data-only-in-line",
+        ),
+        pytest.param(
+            BufferOnly(), {**HELLO, "framing": "packet4"},
+            "BufferOnly defines process_client_buffer but not process_frame, and tgate runs "
+            "with --framing packet4",
+            id="buffer-only-in-packet4",
+        ),
+    ],
+)
+def test_callbacks_that_cannot_serve_the_framing_exit_at_hello(
+    loop: ServerLoop, hello: Msg, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = io.BytesIO()
+    stream = encode(hello, connect(1), data(1, b"x"), frame(1, b"x"))
+    with pytest.raises(SystemExit) as info:
+        loop.run(io.BytesIO(stream), out)
+    assert info.value.code == 1
+    assert out.getvalue() == b""
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1  # one line, no traceback
+
+
+def test_callbacks_that_fit_the_framing_do_not_exit() -> None:
+    # Each handler in the framing it serves; a handler with both, or with
+    # neither (a banner that needs no input), serves any framing.
+    assert received(run(BytesOnly(), connect(1), data(1, b"x"))) == {1: b"x"}
+    assert consumed(run(BufferOnly(), connect(1), data(1, b"xy"))) == [2]
+    assert flat(run(FramesOnly(), LINE_HELLO, connect(1), frame(1, b"x"), hello=False)) == [
+        {"op": "write", "id": 1, "data": "x"}
+    ]
+
+    class Banner(ServerLoop):
+        def client_connected(self, client: Client) -> None:
+            client.write(b"hi")
+            client.close()
+
+    class Both(FramesOnly, BytesOnly):
+        pass
+
+    for hello in (HELLO, LINE_HELLO):
+        assert flat(run(Banner(), hello, connect(1), hello=False)) == [
+            {"op": "write", "id": 1, "data": "hi"}, {"op": "close", "id": 1},
+        ]
+    assert received(run(Both(), connect(1), data(1, b"d"))) == {1: b"d"}
+    assert received(run(Both(), LINE_HELLO, connect(1), frame(1, b"f"), hello=False)) == {
+        1: b"f"
+    }
+
+
+def test_a_callback_set_on_the_instance_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    loop = ServerLoop()
+    loop.process_frame = lambda client, frame: None  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        run(loop)
+    assert "ServerLoop defines process_frame but not process_client_data" in (
+        capsys.readouterr().err
+    )
+    loop.process_client_data = lambda client, buf: len(buf)  # type: ignore[method-assign]
+    assert consumed(run(loop, connect(1), data(1, b"ab"))) == [2]
+
+
+def test_frame_only_handler_process_in_raw_mode_exits_1_with_one_line() -> None:
+    script = f"""
+import sys
+sys.path.insert(0, {str(ADAPTER_DIR)!r})
+from tgate_handler import ServerLoop
+
+class LineEcho(ServerLoop):
+    def process_frame(self, client, frame):
+        client.write(frame)
+
+LineEcho().run()
+print("not reached", file=sys.stderr)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        input=encode(HELLO, connect(1), data(1, b"hi\n")),
+        capture_output=True,
+        timeout=20,
+    )
+    assert proc.returncode == 1
+    assert proc.stdout == b""
+    assert proc.stderr.decode() == (
+        "tgate_handler: LineEcho defines process_frame but not process_client_data, and tgate "
+        "runs in raw mode (hello framing 'raw'), where every client would fail: start tgate "
+        "with --framing line (or another framing) or implement process_client_data; exiting\n"
+    )
 
 
 def test_frames_and_eofs_for_unknown_clients_are_ignored(

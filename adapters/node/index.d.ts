@@ -95,8 +95,8 @@ export interface Hooks<State = unknown> {
   /**
    * Handle the front of `buf`, ALL of this client's unconsumed bytes, and return
    * how many bytes were handled: an integer from 0 to buf.length (0 = incomplete,
-   * wait for more bytes). Called again while it returns > 0 and bytes remain.
-   * Must be synchronous. Throwing or returning anything else reports the error
+   * wait for more bytes). Called again while it returns > 0 and bytes remain,
+   * with a view of the rest (Buffer.subarray, not a copy). Must be synchronous. Throwing or returning anything else reports the error
    * through onError() and closes this client only.
    */
   processClientData?(this: ServerLoop<State>, client: Client<State>, buf: Buffer): number;
@@ -193,6 +193,13 @@ export class ServerLoop<State = unknown> {
   /**
    * Serve until stdin ends. Resolves once all output is flushed; rejects if
    * stdin or stdout fails (e.g. EPIPE when tgate is gone).
+   *
+   * If the hooks cannot serve the framing tgate announces in `hello`
+   * (processFrame but not processClientData while tgate runs in raw mode, or
+   * processClientData but not processFrame in a framed mode), every client
+   * would fail: it writes one line saying so to stderr and, when serving
+   * process.stdin, exits the process with status 1; with another stdin it
+   * rejects with an Error whose `code` is `'TGATE_FRAMING_MISMATCH'`.
    */
   run(options?: RunOptions): Promise<void>;
 

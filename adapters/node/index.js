@@ -27,6 +27,12 @@
 //     processFrame(client, frame) { client.write(frame); }
 //   }
 //
+// A handler whose hooks cannot serve the framing tgate announces in `hello`
+// (processFrame but no processClientData while tgate runs in raw mode, or the
+// reverse in a framed mode) would fail every client: run() says so in one line
+// on stderr and, when serving process.stdin, exits the process with status 1
+// (otherwise it rejects with an Error whose code is 'TGATE_FRAMING_MISMATCH').
+//
 // Stdout carries protocol lines only. When run() writes to the real
 // process.stdout it re-routes the global console (console.log, info, debug,
 // warn, dir, table, ...) to stderr, so a stray console.log cannot corrupt the
@@ -52,6 +58,8 @@ const HOOKS = [
 ];
 /** Hooks whose failure closes the client. */
 const CLOSING_HOOKS = new Set(['clientConnected', 'processClientData', 'processFrame', 'clientEof']);
+/** error.code of the rejection of run() when the hooks cannot serve tgate's framing. */
+const FRAMING_MISMATCH = 'TGATE_FRAMING_MISMATCH';
 // Per-client state the loop keeps out of the public surface.
 const LOOP = Symbol('tgate.loop');
 const MIRROR = Symbol('tgate.mirror');
@@ -227,7 +235,8 @@ export class ServerLoop {
    * Handle the front of `buf` (all of this client's unconsumed bytes) and
    * return how many bytes were handled: an integer 0..buf.length, 0 meaning
    * "incomplete, wait for more". Called again while it returns > 0 and bytes
-   * remain. Must be synchronous.
+   * remain, with a view of the rest (Buffer.subarray, no copy: many small
+   * messages cost work linear in their bytes). Must be synchronous.
    */
   processClientData(client, buf) {
     throw new Error('processClientData is not implemented: override it or pass it to the constructor');
@@ -392,6 +401,18 @@ export class ServerLoop {
         await new Promise((resolve) => setTimeout(resolve, 2));
       }
       if (outError) throw outError;
+    } catch (err) {
+      if (err?.code !== FRAMING_MISMATCH) throw err;
+      if (stdin !== process.stdin) {
+        this.#stderr.write(`tgate-handler: ${err.message}\n`);
+        throw err;
+      }
+      // A real handler process: one line, then exit 1 (tgate logs the exit).
+      process.exitCode = 1;
+      if (typeof stdin.destroy === 'function') stdin.destroy();
+      this.#stderr.write(`tgate-handler: ${err.message}; exiting\n`, () => process.exit(1));
+      setTimeout(() => process.exit(1), 1000).unref();
+      return new Promise(() => {}); // never settles: the process is exiting
     } finally {
       if (this.#immediate) clearImmediate(this.#immediate);
       this.#immediate = null;
@@ -526,11 +547,40 @@ export class ServerLoop {
         if (this.hello === null) {
           this.hello = m;
           if (typeof m.framing === 'string') this.framing = m.framing;
+          this.#checkFraming();
         }
         return;
       default:
         return; // unknown ops are for later versions
     }
+  }
+
+  /**
+   * Throw (ending run()) if the hooks cannot serve this.framing: every client
+   * would fail at run time, far from the cause. A loop with neither data hook
+   * (a banner that reads nothing) or with both serves any framing.
+   */
+  #checkFraming() {
+    const raw = this.processClientData !== ServerLoop.prototype.processClientData;
+    const framed = this.processFrame !== ServerLoop.prototype.processFrame;
+    const who = this.constructor === ServerLoop ? 'this handler' : this.constructor.name || 'this handler';
+    let problem;
+    if (this.framing === 'raw' && framed && !raw) {
+      problem =
+        `${who} defines processFrame but not processClientData, and tgate runs in raw mode ` +
+        `(hello framing "raw"), where every client would fail: start tgate with --framing line ` +
+        `(or another framing) or implement processClientData`;
+    } else if (this.framing !== 'raw' && raw && !framed) {
+      problem =
+        `${who} defines processClientData but not processFrame, and tgate runs with ` +
+        `--framing ${this.framing}, where every client would fail: start tgate with ` +
+        `--framing raw or implement processFrame`;
+    } else {
+      return;
+    }
+    const err = new Error(problem);
+    err.code = FRAMING_MISMATCH;
+    throw err;
   }
 
   #onConnect(m) {

@@ -17,8 +17,9 @@ uses ``orjson`` when installed) speaks that protocol for you: subclass
 
 and give tgate ``python3 echo.py`` as its handler command.
 
-Callbacks (only ``process_client_data`` is required, or ``process_frame`` in a
-framed mode; they run one at a time, on the thread calling ``run``):
+Callbacks (only ``process_client_data`` is required, or ``process_client_buffer``
+in its place, or ``process_frame`` in a framed mode; they run one at a time, on
+the thread calling ``run``):
 
 ``client_connected(client)``
     A client connected. Its return value becomes ``client.data`` (per-client
@@ -33,6 +34,22 @@ framed mode; they run one at a time, on the thread calling ``run``):
     When ``client.eof`` is true the client has closed its sending side and this is
     the last call for these bytes: unconsumed bytes are then discarded, so this is
     the place to handle a trailing partial message.
+    Each call gets a fresh ``bytes`` copy of what remains, so handling ``k``
+    messages that arrived together copies up to ``k`` times their size; when
+    many small messages arrive at once, ``process_client_buffer`` avoids that.
+``process_client_buffer(client, buf, pos, length)``
+    The zero-copy form of ``process_client_data`` (Haxe's
+    ``processClientData(d, buf, bufpos, buflen)``); define it INSTEAD of
+    ``process_client_data`` (when both are defined, this one is used). The
+    client's unconsumed bytes are ``buf[pos:pos + length]``: ``buf`` is the same
+    ``bytes`` object on every call for one batch of new bytes, with ``pos``
+    moved past what you consumed, so read it in place (``buf.find(b"\n", pos,
+    pos + length)``, ``buf.startswith(prefix, pos)``, ``struct.unpack_from(fmt,
+    buf, pos)``, ``pattern.match(buf, pos, pos + length)``) and slice out only
+    what you keep. Return how many bytes from ``pos`` you handled, an ``int`` in
+    ``0..length``, exactly as ``process_client_data``; everything else is the
+    same. The adapter's work is then linear in the bytes received, however many
+    messages they hold.
 ``process_frame(client, frame)``
     Framed modes only (``tgate --framing line|crlf|packet2|packet4|netstring``,
     see ``self.framing``): tgate split the client's bytes into frames and this is
@@ -85,6 +102,12 @@ descriptor.
 I/O is batched: ``run`` reads whatever stdin has available, handles every
 complete line, and writes all the resulting lines with one write and one flush.
 It returns when stdin reaches EOF (tgate is stopping or replacing the handler).
+
+A handler that cannot serve the framing tgate announces in ``hello`` (it
+implements ``process_frame`` but neither ``process_client_data`` nor
+``process_client_buffer`` and tgate runs in raw mode, or the reverse in a
+framed mode) would fail every client: ``run`` then says so in one line on
+stderr and raises ``SystemExit(1)``, so the process exits with status 1.
 """
 
 from __future__ import annotations
@@ -241,6 +264,16 @@ class ServerLoop:
         bytes is reported through ``on_error`` and closed.
         """
         raise NotImplementedError(f"{type(self).__name__}.process_client_data is not implemented")
+
+    def process_client_buffer(self, client: Client, buf: bytes, pos: int, length: int) -> int:
+        """Zero-copy :meth:`process_client_data`: handle bytes from ``buf[pos:pos + length]``.
+
+        Return how many bytes from ``pos`` were handled (0 = incomplete). The
+        default hands ``buf[pos:pos + length]`` to :meth:`process_client_data`.
+        """
+        if pos == 0 and length == len(buf):
+            return self.process_client_data(client, buf)
+        return self.process_client_data(client, buf[pos : pos + length])
 
     def process_frame(self, client: Client, frame: bytes) -> None:
         """Framed modes: handle one whole frame from this client.
@@ -495,32 +528,40 @@ class ServerLoop:
         except UnicodeEncodeError as exc:
             self._fail(exc, client)
             return 0
+        # The one copy of this batch: the held bytes and the new ones together.
         buf = client._buf + new if client._buf else new
         if eof:
             client.eof = True
         total = 0
         size = len(buf)
+        zero_copy = self._overrides("process_client_buffer")
+        name = "process_client_buffer" if zero_copy else "process_client_data"
         while total < size and not client.closed:
-            view = buf[total:] if total else buf
+            left = size - total
             try:
-                n = self.process_client_data(client, view)
+                if zero_copy:
+                    # No copy per message: the same buf, the offset moves.
+                    n = self.process_client_buffer(client, buf, total, left)
+                else:
+                    # The documented contract: a bytes object of what remains.
+                    n = self.process_client_data(client, buf[total:] if total else buf)
             except Exception as exc:
                 self._fail(exc, client)
                 break
             if not _is_int(n):
                 self._fail(
                     TypeError(
-                        f"process_client_data returned {n!r} ({type(n).__name__}) for "
-                        f"client {client.id}, expected an int in 0..{len(view)}; closing it"
+                        f"{name} returned {n!r} ({type(n).__name__}) for "
+                        f"client {client.id}, expected an int in 0..{left}; closing it"
                     ),
                     client,
                 )
                 break
-            if not 0 <= n <= len(view):
+            if not 0 <= n <= left:
                 self._fail(
                     ValueError(
-                        f"process_client_data returned {n} for client {client.id}, "
-                        f"expected an int in 0..{len(view)}; closing it"
+                        f"{name} returned {n} for client {client.id}, "
+                        f"expected an int in 0..{left}; closing it"
                     ),
                     client,
                 )
@@ -528,8 +569,39 @@ class ServerLoop:
             if n == 0:
                 break
             total += n
+        # Compact once per batch: keep only what was not consumed.
         client._buf = buf[total:] if total else buf
         return total
+
+    def _overrides(self, name: str) -> bool:
+        """Whether this handler defines callback ``name`` (in a subclass or on the instance)."""
+        return name in self.__dict__ or getattr(type(self), name) is not getattr(ServerLoop, name)
+
+    def _check_framing(self) -> None:
+        """Exit if the handler's callbacks cannot serve ``self.framing``: every
+        client would fail at run time, far from the cause."""
+        raw = "process_client_buffer" if self._overrides("process_client_buffer") else (
+            "process_client_data" if self._overrides("process_client_data") else None
+        )
+        framed = self._overrides("process_frame")
+        who = type(self).__name__
+        if self.framing == "raw" and framed and raw is None:
+            problem = (
+                f"{who} defines process_frame but not process_client_data, and tgate runs "
+                f"in raw mode (hello framing 'raw'), where every client would fail: start "
+                f"tgate with --framing line (or another framing) or implement "
+                f"process_client_data"
+            )
+        elif self.framing != "raw" and raw is not None and not framed:
+            problem = (
+                f"{who} defines {raw} but not process_frame, and tgate runs with "
+                f"--framing {self.framing}, where every client would fail: start tgate "
+                f"with --framing raw or implement process_frame"
+            )
+        else:
+            return
+        _log(f"{problem}; exiting")
+        raise SystemExit(1)
 
     def _on_frame(self, msg: dict[str, Any]) -> None:
         cid = msg.get("id")
@@ -609,6 +681,7 @@ class ServerLoop:
         self.hello = msg
         framing = msg.get("framing", "raw")
         self.framing = framing if isinstance(framing, str) else "raw"
+        self._check_framing()
         # A new session: forget every client (tgate replays the live ones).
         old = list(self.clients.values())
         self.clients = {}

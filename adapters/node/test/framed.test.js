@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
-import { PassThrough } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { setImmediate as tick } from 'node:timers/promises';
 
 import { ServerLoop } from '../index.js';
@@ -45,7 +45,7 @@ test('hello sets this.framing (raw before hello, or when hello has no framing)',
   assert.equal(loop.framing, 'raw');
   await drive(loop, [helloFor('packet4')]);
   assert.equal(loop.framing, 'packet4');
-  const old = new FrameEcho();
+  const old = new ServerLoop(); // no data hooks: serves any framing (see the mismatch tests)
   await drive(old, [msg({ op: 'hello', protocol: 1 })]);
   assert.equal(old.framing, 'raw');
 });
@@ -312,4 +312,104 @@ test('constructor hooks accept processFrame and clientEof', async () => {
   assert.deepEqual(seen, [['frame', 1, 'a'], ['eof', 1]]);
   assert.deepEqual(r.cmds, []); // the clientEof hook replaced the default close
   assert.throws(() => new ServerLoop({ processframe() {} }), /unknown hook "processframe" \(known: .*processFrame, clientEof/);
+});
+
+// ---- hooks that cannot serve the framing ------------------------------------
+
+class FramesOnly extends ServerLoop {
+  processFrame(client, frame) {
+    client.write(frame);
+  }
+}
+
+class BytesOnly extends ServerLoop {
+  processClientData(client, buf) {
+    client.write(buf);
+    return buf.length;
+  }
+}
+
+const mismatches = [
+  {
+    name: 'processFrame only, tgate in raw mode',
+    loop: () => new FramesOnly(),
+    hello: helloFor('raw'),
+    line:
+      'tgate-handler: FramesOnly defines processFrame but not processClientData, and tgate runs in raw mode ' +
+      '(hello framing "raw"), where every client would fail: start tgate with --framing line (or another ' +
+      'framing) or implement processClientData\n',
+  },
+  {
+    name: 'processFrame only (a constructor hook), an old tgate whose hello has no framing',
+    loop: () => new ServerLoop({ processFrame() {} }),
+    hello: msg({ op: 'hello', protocol: 1 }),
+    line:
+      'tgate-handler: this handler defines processFrame but not processClientData, and tgate runs in raw mode ' +
+      '(hello framing "raw"), where every client would fail: start tgate with --framing line (or another ' +
+      'framing) or implement processClientData\n',
+  },
+  {
+    name: 'processClientData only, tgate --framing line',
+    loop: () => new BytesOnly(),
+    hello: helloFor('line'),
+    line:
+      'tgate-handler: BytesOnly defines processClientData but not processFrame, and tgate runs with ' +
+      '--framing line, where every client would fail: start tgate with --framing raw or implement processFrame\n',
+  },
+  {
+    name: 'processClientData only (a constructor hook), tgate --framing netstring',
+    loop: () => new ServerLoop({ processClientData: (c, buf) => buf.length }),
+    hello: helloFor('netstring'),
+    line:
+      'tgate-handler: this handler defines processClientData but not processFrame, and tgate runs with ' +
+      '--framing netstring, where every client would fail: start tgate with --framing raw or implement processFrame\n',
+  },
+];
+
+for (const { name, loop: make, hello: h, line } of mismatches) {
+  test(`hooks that cannot serve the framing end run() at hello: ${name}`, async () => {
+    const loop = make();
+    const out = recorder();
+    const err = recorder();
+    const input = h + connect(1) + msg({ op: 'data', id: 1, data: 'x' }) + frame(1, 'x');
+    await assert.rejects(
+      loop.run({ stdin: Readable.from([Buffer.from(input)]), stdout: out.stream, stderr: err.stream }),
+      (e) => e.code === 'TGATE_FRAMING_MISMATCH' && `tgate-handler: ${e.message}\n` === line,
+    );
+    assert.equal(err.chunks.join(''), line); // one line, no stack
+    assert.equal(out.chunks.join(''), ''); // nothing handled after hello
+    assert.equal(loop.clients.size, 0);
+  });
+}
+
+test('hooks that fit the framing, both hooks, or neither (a banner) serve without complaint', async () => {
+  const banner = () =>
+    new ServerLoop({
+      clientConnected(client) {
+        client.write('hi');
+        client.close();
+      },
+    });
+  class Both extends ServerLoop {
+    processClientData(client, buf) {
+      client.write(buf);
+      return buf.length;
+    }
+    processFrame(client, frame) {
+      client.write(frame);
+    }
+  }
+  const data = (id, s) => msg({ op: 'data', id, data: s });
+  for (const [loop, input, cmds] of [
+    [new BytesOnly(), helloFor('raw') + connect(1) + data(1, 'x'), [{ op: 'write', id: 1, data: 'x' }, { op: 'consumed', id: 1, n: 1 }]],
+    [new FramesOnly(), helloFor('crlf') + connect(1) + frame(1, 'x'), [{ op: 'write', id: 1, data: 'x' }]],
+    [new Both(), helloFor('raw') + connect(1) + data(1, 'x'), [{ op: 'write', id: 1, data: 'x' }, { op: 'consumed', id: 1, n: 1 }]],
+    [new Both(), helloFor('line') + connect(1) + frame(1, 'x'), [{ op: 'write', id: 1, data: 'x' }]],
+    [banner(), helloFor('raw') + connect(1), [{ op: 'write', id: 1, data: 'hi' }, { op: 'close', id: 1 }]],
+    [banner(), helloFor('packet2') + connect(1), [{ op: 'write', id: 1, data: 'hi' }, { op: 'close', id: 1 }]],
+  ]) {
+    const r = await drive(loop, [input]);
+    assert.deepEqual(r.cmds, cmds);
+    assert.equal(r.stderr, '');
+  }
 });

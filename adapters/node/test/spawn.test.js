@@ -219,3 +219,49 @@ test('an exception in a real process: one stderr line naming the client, the pro
   );
   assert.match(r.stderr, /^tgate-handler: processClientData failed for client 1 \(127\.0\.0\.1:40001\); closing client 1: RangeError: bad input\nRangeError: bad input\n {4}at /);
 });
+
+test('processFrame only while tgate runs in raw mode: one stderr line, exit status 1, nothing on stdout', async () => {
+  const script = `
+    import { ServerLoop } from ${JSON.stringify(ADAPTER)};
+    class LineEcho extends ServerLoop {
+      processFrame(client, frame) { client.write(frame); }
+    }
+    setInterval(() => {}, 1000); // handler code keeping the process alive does not matter
+    await new LineEcho().run();
+    console.error('not reached');
+  `;
+  const r = await run(['--input-type=module', '-e', script], hello + connect(1) + data(1, 'hi\n'));
+  assert.equal(r.code, 1, r.stderr);
+  assert.equal(r.stdout, '');
+  assert.equal(
+    r.stderr,
+    'tgate-handler: LineEcho defines processFrame but not processClientData, and tgate runs in raw mode ' +
+      '(hello framing "raw"), where every client would fail: start tgate with --framing line (or another ' +
+      'framing) or implement processClientData; exiting\n',
+  );
+});
+
+test('processClientData only while tgate runs --framing line: exit status 1 at hello, even with stdin left open', async () => {
+  const script = `
+    import { ServerLoop } from ${JSON.stringify(ADAPTER)};
+    await new ServerLoop({ processClientData: (c, buf) => buf.length }).run();
+  `;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { cwd: ROOT });
+  const err = [];
+  child.stderr.on('data', (b) => err.push(b));
+  child.stdout.on('data', () => assert.fail('nothing on stdout'));
+  // stdin stays open (as tgate keeps it): the adapter must exit by itself.
+  child.stdin.write(msg({ op: 'hello', protocol: 1, tgate: '0.1.0', framing: 'line', bufsize: 128, max_bufsize: 65536, update_time: 1.0 }));
+  const code = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error('did not exit with stdin open'));
+    }, 5000);
+    child.on('close', (c) => {
+      clearTimeout(timer);
+      resolve(c);
+    });
+  });
+  assert.equal(code, 1);
+  assert.match(Buffer.concat(err).toString(), /^tgate-handler: this handler defines processClientData but not processFrame, and tgate runs with --framing line, .*; exiting\n$/);
+});
