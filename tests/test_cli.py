@@ -168,3 +168,66 @@ def test_python_m_tgate_is_the_same_command() -> None:
     r = subprocess.run([*TGATE, "--version"], capture_output=True, timeout=20, text=True)
     r2 = subprocess.run(["tgate", "--version"], capture_output=True, timeout=20, text=True)
     assert r.stdout == r2.stdout
+
+
+BAD_VALUES = [
+    (["--port", "99999"], "argument --port: must be 0-65535, not 99999"),
+    (["--port", "-1"], "argument --port: must be 0-65535, not -1"),
+    (["--port", "http"], "argument --port: must be 0-65535, not http"),
+    (["--max-clients", "-5"], "argument --max-clients: must be an integer >= 0, not -5"),
+    (["--max-clients-per-ip", "-1"],
+     "argument --max-clients-per-ip: must be an integer >= 0, not -1"),
+    (["--quarantine-after", "-2"], "argument --quarantine-after: must be an integer >= 0, not -2"),
+    (["--bufsize", "0"], "argument --bufsize: must be an integer > 0, not 0"),
+    (["--max-bufsize", "-3"], "argument --max-bufsize: must be an integer > 0, not -3"),
+    (["--max-output", "0"], "argument --max-output: must be an integer > 0, not 0"),
+    (["--listen-count", "0"], "argument --listen-count: must be an integer > 0, not 0"),
+    (["--listen-count", "1.5"], "argument --listen-count: must be an integer > 0, not 1.5"),
+    (["--update-time", "0"], "argument --update-time: must be a number > 0, not 0"),
+    (["--update-time", "nan"], "argument --update-time: must be a number > 0, not nan"),
+    (["--update-time", "inf"], "argument --update-time: must be a number > 0, not inf"),
+    (["--handler-timeout", "-1"], "argument --handler-timeout: must be a number >= 0, not -1"),
+    (["--shutdown-grace", "inf"], "argument --shutdown-grace: must be a number >= 0, not inf"),
+    (["--idle-timeout", "nan"], "argument --idle-timeout: must be a number >= 0, not nan"),
+    (["--idle-timeout", "soon"], "argument --idle-timeout: must be a number >= 0, not soon"),
+    (["--on-crash", "retry"],
+     "argument --on-crash: invalid choice: 'retry' (choose from 'keep', 'disconnect')"),
+    (["--no-such-option"], "unrecognized arguments: --no-such-option"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_option_values_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    """On main: --port 99999 listened on 34463, --max-clients -5 never accepted,
+    and every argument error printed the whole usage first (issue 17)."""
+    r = subprocess.run([*TGATE, "--handler", "cat", *args], capture_output=True, timeout=20,
+                       text=True)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.splitlines() == [f"tgate: error: {message}", "Try 'tgate --help'."]
+
+
+def test_missing_handler_is_one_line_and_a_hint() -> None:
+    r = subprocess.run([*TGATE, "--port", "0"], capture_output=True, timeout=20, text=True)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        "tgate: error: the following arguments are required: --handler", "Try 'tgate --help'."]
+
+
+def test_inconsistent_buffer_sizes_are_one_line() -> None:
+    r = subprocess.run([*TGATE, "--handler", "cat", "--bufsize", "100000"],
+                       capture_output=True, timeout=20, text=True)
+    assert r.returncode == 2
+    assert r.stderr == "tgate: error: need 0 < bufsize <= max_bufsize\n"
+
+
+@pytest.mark.parametrize("args", [
+    ["--port", "0"], ["--port", "65535"], ["--max-clients", "0"], ["--max-clients-per-ip", "0"],
+    ["--quarantine-after", "0"], ["--handler-timeout", "0"], ["--idle-timeout", "0.5"],
+    ["--shutdown-grace", "0"], ["--update-time", "0.001"], ["--bufsize", "1"],
+])
+def test_edge_values_are_accepted(args: list[str]) -> None:
+    from tgate.cli import build_parser
+
+    ns = build_parser().parse_args(["--handler", "cat", *args])
+    name = args[0].lstrip("-").replace("-", "_")
+    assert getattr(ns, name) == type(getattr(ns, name))(args[1])

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import resource
 import shlex
 import signal
 import sys
+from collections.abc import Callable
+from typing import NoReturn
 
 import trio
 
-from . import __version__
+from . import __version__, logs
 from .buffer import DEFAULT_BUFSIZE, MAX_BUFSIZE
 from .core import DEFAULT_MAX_OUTPUT, DEFAULT_QUARANTINE_AFTER, Settings
 from .framing import FRAMINGS
@@ -21,29 +24,55 @@ from .supervisor import HandlerStartError
 log = logging.getLogger("tgate")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
+def _say(line: str) -> None:
+    """One line to stderr, through the log queue: never raises, never blocks."""
+    logs.emit_line(line.encode(errors="backslashreplace"))
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
+def _int_in(low: int, high: int | None, what: str) -> Callable[[str], int]:
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text}")
+        return value
+
+    return check
 
 
-def _nonneg_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
-    return value
+def _float_from(low: float, inclusive: bool, what: str) -> Callable[[str], float]:
+    def check(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text}")
+        return value
+
+    return check
+
+
+_port = _int_in(0, 65535, "0-65535")
+_positive_int = _int_in(1, None, "an integer > 0")
+_nonneg_int = _int_in(0, None, "an integer >= 0")
+_positive_float = _float_from(0.0, False, "a number > 0")
+_nonneg_float = _float_from(0.0, True, "a number >= 0")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line and a hint, not the whole usage (issue 17)."""
+        _say(f"{self.prog}: error: {message}")
+        _say(f"Try '{self.prog} --help'.")
+        logs.shutdown()
+        self.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="tgate",
         description=(
             "Accept TCP clients and forward their bytes, as JSON lines over stdin/stdout, to "
@@ -59,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(write 'sh -c \"...\"' for one)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=7000, help="TCP port (0: pick a free one)")
+    p.add_argument("--port", type=_port, default=7000, help="TCP port (0: pick a free one)")
     p.add_argument("--listen-count", type=_positive_int, default=DEFAULT_LISTEN_COUNT,
                    help="listen backlog (ServerLoop's listenCount; its default of 10 makes Linux "
                    "reset connections in a burst of connects, so tgate uses Redis's 511)")
@@ -85,13 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-crash", choices=("keep", "disconnect"), default="keep",
                    help="when the handler crashes: keep the clients and replay them to the new "
                    "handler, or disconnect them")
-    p.add_argument("--quarantine-after", type=int, default=DEFAULT_QUARANTINE_AFTER,
+    p.add_argument("--quarantine-after", type=_nonneg_int, default=DEFAULT_QUARANTINE_AFTER,
                    help="disconnect a client whose bytes were in flight at this many "
                    "consecutive handler crashes (0: never)")
-    p.add_argument("--max-clients", type=int, default=DEFAULT_MAX_CLIENTS,
+    p.add_argument("--max-clients", type=_nonneg_int, default=DEFAULT_MAX_CLIENTS,
                    help="at this many clients, new connections wait in the listen backlog "
                    "until one leaves (0: no limit but the open-file limit)")
-    p.add_argument("--max-clients-per-ip", type=int, default=0,
+    p.add_argument("--max-clients-per-ip", type=_nonneg_int, default=0,
                    help="close new connections from a peer address that already has this "
                    "many (0: no limit)")
     p.add_argument("--idle-timeout", type=_nonneg_float, default=0.0,
@@ -119,16 +148,25 @@ async def _run(gateway: Gateway, host_for_banner: str) -> None:
             address = await nursery.start(gateway.serve)
             host, port = address[0], address[1]
             shown = f"[{host}]" if ":" in host else host
-            print(f"tgate listening on {shown}:{port}", file=sys.stderr, flush=True)
+            logs.banner(f"tgate listening on {shown}:{port}")
 
             async def watch_signals() -> None:
+                stopping = False
                 async for signum in signals:
+                    name = signal.Signals(signum).name
                     if signum == signal.SIGHUP:
-                        log.info("SIGHUP: reloading the handler")
-                        gateway.reload()
-                    else:
-                        log.info("%s: shutting down", signal.Signals(signum).name)
+                        if stopping:
+                            log.info("SIGHUP ignored: shutting down")
+                        else:
+                            log.info("SIGHUP: reloading the handler")
+                            gateway.reload()
+                    elif not stopping:
+                        stopping = True
+                        log.info("%s: shutting down (send it again to stop at once)", name)
                         gateway.stop()
+                    else:
+                        log.warning("%s again: stopping at once", name)
+                        gateway.abort()
 
             nursery.start_soon(watch_signals)
             # serve() returns after an orderly shutdown; then stop watching.
@@ -143,24 +181,27 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        logs.shutdown()  # bounded: a stuck stderr cannot hang the exit
+
+
+def _main(argv: list[str] | None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     if args_list[:1] == ["check-handler"]:
         from .check import main as check_main
 
         return check_main(args_list[1:])
     args = build_parser().parse_args(args_list)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="tgate: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(getattr(logging, args.log_level.upper()))
     try:
         handler = shlex.split(args.handler)
     except ValueError as exc:
-        print(f"tgate: error: cannot parse --handler: {exc}", file=sys.stderr)
+        _say(f"tgate: error: cannot parse --handler: {exc}")
         return 2
     if not handler:
-        print("tgate: error: --handler is empty", file=sys.stderr)
+        _say("tgate: error: --handler is empty")
         return 2
     try:
         settings = Settings(
@@ -172,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             framing=args.framing,
         )
     except ValueError as exc:
-        print(f"tgate: error: {exc}", file=sys.stderr)
+        _say(f"tgate: error: {exc}")
         return 2
     options = Options(
         handler=handler,
@@ -194,5 +235,5 @@ def main(argv: list[str] | None = None) -> int:
     except* (HandlerStartError, ListenError) as group:
         errors.extend(_leaves(group))
     for err in errors:
-        print(f"tgate: error: {err}", file=sys.stderr)
+        _say(f"tgate: error: {err}")
     return 1 if errors else 0

@@ -20,13 +20,13 @@ from trio.lowlevel import wait_writable
 
 from .core import Core
 from .guardian import Guardian
+from .logs import forward_stderr
 from .supervisor import (
     STABLE_AFTER,
     STOP_GRACE,
     HandlerProcess,
     HandlerStartError,
     describe_exit,
-    forward_stderr,  # moves to logs.py
     kill_now,
     restart_delay,
     spawn,

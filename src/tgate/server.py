@@ -19,6 +19,7 @@ from typing import Any
 import trio
 from trio.lowlevel import checkpoint, wait_readable
 
+from . import logs
 from .core import Client, Core, Settings
 from .link import HandlerLink
 from .poller import HUP, READ, WRITE, Poller
@@ -570,6 +571,7 @@ class Gateway:
             await trio.sleep(self.core.settings.update_time)
             self.core.tick()
             self._after()
+            logs.flush_suppressed()
             # After a crowd leaves, hand the freed heap back to the system.
             peak = max(peak, len(self.conns))
             if peak - len(self.conns) >= TRIM_AFTER_LEAVING:

@@ -214,30 +214,3 @@ def restart_delay(consecutive_crashes: int) -> float:
     base = min(MAX_RESTART_DELAY, FIRST_RESTART_DELAY * float(2 ** (consecutive_crashes - 2)))
     jitter: float = random.uniform(0.5, 1.0)
     return base * jitter
-
-
-async def forward_stderr(stream: trio.abc.ReceiveStream, pid: int) -> None:
-    """Copy the handler's stderr to ours, each line prefixed with its pid."""
-    prefix = f"[handler {pid}] ".encode()
-    out = sys.stderr.buffer
-    partial = b""
-    try:
-        while True:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                break
-            lines = (partial + chunk).split(b"\n")
-            partial = lines.pop()
-            if len(partial) > 65536:  # a newline-free flood: pass it on anyway
-                lines.append(partial)
-                partial = b""
-            if lines:
-                out.write(b"".join(prefix + line + b"\n" for line in lines))
-                out.flush()
-    except (trio.ClosedResourceError, trio.BrokenResourceError):
-        pass
-    finally:
-        await stream.aclose()
-    if partial:
-        out.write(prefix + partial + b"\n")
-        out.flush()
