@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shlex
@@ -10,7 +11,8 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, NoReturn
 
 import pytest
 import trio
@@ -25,13 +27,59 @@ PY = shlex.quote(sys.executable)
 REQUIRE_TOOLS = os.environ.get("TGATE_REQUIRE_TOOLS") == "1"
 
 
+# -- external tools --------------------------------------------------------
+#
+# Every test that needs something outside the venv's test extra (a program
+# such as node, perl, ncat, curl, wrk, redis-cli, or an optional Python
+# package) asks for it through one of these, so that TGATE_REQUIRE_TOOLS=1
+# (set by .ci/run) turns every such skip into a failure:
+#
+#   need("curl")                     inside a test: the path, or skip/fail
+#   need_module("redis")             inside a test: the module, or skip/fail
+#   @requires("perl")                on a test, or pytest.param(..., marks=requires("node"))
+
+
+def missing(what: str) -> NoReturn:
+    """Skip the current test for lack of `what`, or fail it under TGATE_REQUIRE_TOOLS=1."""
+    if REQUIRE_TOOLS:
+        pytest.fail(f"{what} is required (TGATE_REQUIRE_TOOLS=1) but not installed",
+                    pytrace=False)
+    pytest.skip(f"{what} not installed")
+
+
 def need(tool: str) -> str:
+    """The path of an external program, or skip (fail under TGATE_REQUIRE_TOOLS=1)."""
     path = shutil.which(tool)
     if path is None:
-        if REQUIRE_TOOLS:
-            pytest.fail(f"{tool} is required (TGATE_REQUIRE_TOOLS=1) but not installed")
-        pytest.skip(f"{tool} not installed")
+        missing(tool)
     return path
+
+
+def need_module(name: str) -> ModuleType:
+    """An optional Python package, imported; or skip (fail under TGATE_REQUIRE_TOOLS=1)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        pass
+    missing(f"the Python package {name}")
+
+
+def requires(*tools: str) -> pytest.MarkDecorator:
+    """A mark: need(tool) for each tool before the test runs (for decorators and
+    pytest.param marks, where a bare skipif would ignore TGATE_REQUIRE_TOOLS)."""
+    return pytest.mark.requires_tools(*tools)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "requires_tools(*tools): skip without these programs "
+        "(fail under TGATE_REQUIRE_TOOLS=1); see conftest.requires")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("requires_tools"):
+        for tool in mark.args:
+            need(tool)
 
 
 def example(name: str) -> str:
