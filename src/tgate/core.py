@@ -340,11 +340,12 @@ class Core:
             self._lines.overlong.clear()
         for line in lines:
             self.handler_line(line)
-        trial = self.quarantine.on_trial
-        if trial is not None and trial.framer is not None:
-            if 0 <= trial.frame_gen < self._output_gen:
-                # Framed: output after the trial's frames means it survived them.
-                self._acquit(trial)
+        if self._framer_cls is not None:
+            # Framed: output after a client's frames means it survived them.
+            q = self.quarantine
+            for c in [q.on_trial, *q.struck] if q.struck else [q.on_trial]:
+                if c is not None and 0 <= c.frame_gen < self._output_gen:
+                    self._acquit(c)
 
     def handler_line(self, line: bytes) -> None:
         commands, errors = parse_line(line)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 class Quarantine:
-    __slots__ = ("limit", "on_trial", "suspects")
+    __slots__ = ("limit", "on_trial", "struck", "suspects")
 
     def __init__(self, limit: int) -> None:
         #: strikes that quarantine a client (0: never quarantine, never hold)
@@ -41,6 +41,8 @@ class Quarantine:
         self.suspects: deque[Client] = deque()
         #: the suspect whose bytes alone may go to the handler now
         self.on_trial: Client | None = None
+        #: clients with strikes (framed modes: acquitted by output after their frames)
+        self.struck: set[Client] = set()
 
     def crashed(self, in_flight: list[Client]) -> list[Client]:
         """A handler crashed with these clients' bytes in flight. Returns
@@ -51,7 +53,9 @@ class Quarantine:
             c = in_flight[0]
             c.strikes += 1
             if c.strikes < self.limit:
+                self.struck.add(c)
                 return []
+            self.struck.discard(c)
             c.suspect = False
             if c is self.on_trial:
                 self.on_trial = None
@@ -78,12 +82,14 @@ class Quarantine:
         """The handler survived `c`'s bytes (or `c` has none left to try)."""
         c.suspect = False
         c.strikes = 0
+        self.struck.discard(c)
         if c is self.on_trial:
             self.on_trial = None
 
     def forget(self, c: Client) -> bool:
         """`c` is gone. True when it was on trial (the next one's turn)."""
         c.suspect = False
+        self.struck.discard(c)
         if c is self.on_trial:
             self.on_trial = None
             return True
