@@ -27,7 +27,9 @@ repeat, so drift hits all servers alike):
 
 Each row runs --repeat times; the run with the median req/s (conn/s for
 churn) is reported with its p50 and p99 latency, each also as a ratio to the
-trio baseline. Then the goals of issue 7 are checked (PASS/FAIL). Servers are
+trio baseline. Then the goals of issue 7 are checked (PASS/FAIL/SKIP): any
+failed or erroring repeat fails every goal that needs its cell, a goal whose
+cell was not run is SKIP, and the exit status is 1 when a goal FAILs. Servers are
 stopped (process group SIGTERM, then SIGKILL, then any straggling
 descendant) on exit, on Ctrl-C and on errors. Server logs go to
 bench/build/logs/; raw results to bench/build/last-run.json.
@@ -528,7 +530,8 @@ def cell_flags(r: Result) -> str:
     return ", ".join(flags)
 
 
-def print_table(rows: list[Row], servers: list[str], best: dict[tuple[str, str], Result]) -> None:
+def print_table(rows: list[Row], servers: list[str], best: dict[tuple[str, str], Result],
+                runs: dict[tuple[str, str], list[Result]] | None = None) -> None:
     print("| row | metric | " + " | ".join(SERVER_LABELS[s] for s in servers) + " |")
     print("|---|---|" + "---:|" * len(servers))
     for row in rows:
@@ -540,8 +543,9 @@ def print_table(rows: list[Row], servers: list[str], best: dict[tuple[str, str],
                 if r is None:
                     cells.append("")
                     continue
+                verdict = cell_verdict((runs or {}).get((row.name, s), [r]))
                 if not r.ok:
-                    cells.append("FAILED")
+                    cells.append(verdict if metric == "rate" else "")
                     continue
                 if metric == "rate":
                     v, b = r.rate, (base.rate if base and base.ok else 0)
@@ -553,8 +557,8 @@ def print_table(rows: list[Row], servers: list[str], best: dict[tuple[str, str],
                     text = fmt_us(v)
                 if s != BASELINE and b:
                     text += f" ({ratio(v, b)})"
-                if metric == "rate" and cell_flags(r):
-                    text += " ⚠"
+                if metric == "rate" and verdict:
+                    text += f" ⚠ {verdict}"
                 cells.append(text)
             label = row.unit if metric == "rate" else f"{metric} latency"
             name = f"**{row.name}**" if metric == "rate" else ""
@@ -585,70 +589,113 @@ def print_cpu_table(rows: list[Row], servers: list[str],
         print(f"| {row.name} | " + " | ".join(cells) + " |")
 
 
-def goals(best: dict[tuple[str, str], Result], rows: list[Row]) -> list[tuple[str, str, str]]:
-    def get(row: str, server: str) -> Result | None:
-        r = best.get((row, server))
-        return r if r is not None and r.ok else None
+# ---------------------------------------------------------------- verdicts
+#
+# Pure functions of the recorded runs (tests/test_bench_verdicts.py checks
+# them): every repeat counts. A cell is clean only when every one of its
+# repeats completed without errors or stalls; a goal FAILs when any cell it
+# needs is not clean, SKIPs when a cell it needs was not run at all, and
+# only otherwise compares the numbers (of the median run).
 
-    def errs(*rs: Result) -> str:
-        bad = [f"{r.server} {cell_flags(r)}" for r in rs if cell_flags(r)]
-        return "; anomalies: " + "; ".join(bad) if bad else ""
+Runs = dict[tuple[str, str], list[Result]]
+Verdict = tuple[str, str, str]  # (goal, PASS|FAIL|SKIP, detail)
 
-    out: list[tuple[str, str, str]] = []
 
-    def check(name: str, needed: list[tuple[str, str]], fn: Any) -> None:
-        rs = [get(*k) for k in needed]
-        if any(r is None for r in rs):
-            missing = ", ".join(f"{a}/{b}" for (a, b), r in zip(needed, rs, strict=True)
-                                if r is None)
-            out.append((name, "SKIP", f"not measured: {missing}"))
-            return
-        passed, detail = fn(*rs)
-        flagged = errs(*rs)
-        if flagged:
-            passed = False
-        out.append((name, "PASS" if passed else "FAIL", detail + flagged))
+def repeat_problem(r: Result) -> str:
+    """'failed' (no result), 'errored' (errors or stalls), or '' for a clean run."""
+    if not r.ok:
+        return "failed"
+    if cell_flags(r):
+        return "errored"
+    return ""
 
-    check("1. closed loop 50 clients: tgate+Python >= 1.0x trio",
-          [("closed-50", "tgate-py"), ("closed-50", "trio")],
-          lambda p, t: (p.rate >= t.rate, f"{p.rate:,.0f} vs {t.rate:,.0f} req/s = "
-                        f"{p.rate / t.rate:.2f}x"))
-    check("2. pipelined 50: tgate+Python >= 1.0x trio",
-          [("pipelined-50", "tgate-py"), ("pipelined-50", "trio")],
-          lambda p, t: (p.rate >= t.rate, f"{p.rate:,.0f} vs {t.rate:,.0f} req/s = "
-                        f"{p.rate / t.rate:.2f}x"))
-    check("3. 1 client p50 latency: tgate+Python <= 2x trio",
-          [("closed-1", "tgate-py"), ("closed-1", "trio")],
-          lambda p, t: (p.data["p50_us"] <= 2 * t.data["p50_us"],
-                        f"{p.data['p50_us']:.0f} vs {t.data['p50_us']:.0f} µs = "
-                        f"{p.data['p50_us'] / t.data['p50_us']:.2f}x"))
-    check("4. churn: tgate+Python >= 0.8x trio and >= 10x socat",
-          [("churn-8", "tgate-py"), ("churn-8", "trio"), ("churn-8", "socat")],
-          lambda p, t, s: (p.rate >= 0.8 * t.rate and p.rate >= 10 * s.rate,
-                           f"{p.rate:,.0f} conn/s = {p.rate / t.rate:.2f}x trio, "
-                           f"{p.rate / s.rate:.1f}x socat"))
+
+def cell_verdict(results: list[Result]) -> str:
+    """'' when every repeat is clean, else e.g. 'FAIL(2/3 errored)' or
+    'FAIL(1/3 failed, 1/3 errored)'."""
+    n = len(results)
+    counts: dict[str, int] = {}
+    for r in results:
+        why = repeat_problem(r)
+        if why:
+            counts[why] = counts.get(why, 0) + 1
+    if not counts:
+        return ""
+    parts = [f"{counts[k]}/{n} {k}" for k in ("failed", "errored") if k in counts]
+    return "FAIL(" + ", ".join(parts) + ")"
+
+
+def goals(runs: Runs) -> list[Verdict]:
+    """The goals of issue 7, judged on every recorded repeat. Goal 5 needs
+    every row of ROWS for both tgate columns."""
+
+    def cell(row: str, server: str) -> tuple[Result | None, str]:
+        """(the median clean run, '' ) for a clean cell; (None, 'FAIL(...)')
+        for a cell with a bad repeat; (None, 'missing') for one not run."""
+        results = runs.get((row, server), [])
+        if not results:
+            return None, "missing"
+        bad = cell_verdict(results)
+        if bad:
+            return None, bad
+        return median_run(results), ""
+
+    def judge(name: str, needed: list[tuple[str, str]], fn: Any) -> Verdict:
+        got = [cell(*k) for k in needed]
+        failed = [f"{row}/{srv} {why}" for (row, srv), (_, why) in zip(needed, got, strict=True)
+                  if why not in ("", "missing")]
+        missing = [f"{row}/{srv}" for (row, srv), (_, why) in zip(needed, got, strict=True)
+                   if why == "missing"]
+        if failed:
+            detail = "every repeat must be clean: " + "; ".join(failed)
+            if missing:
+                detail += f" (not measured: {', '.join(missing)})"
+            return name, "FAIL", detail
+        if missing:
+            return name, "SKIP", f"not measured: {', '.join(missing)}"
+        passed, detail = fn(*[r for r, _ in got])
+        return name, "PASS" if passed else "FAIL", detail
+
+    out = [
+        judge("1. closed loop 50 clients: tgate+Python >= 1.0x trio",
+              [("closed-50", "tgate-py"), ("closed-50", "trio")],
+              lambda p, t: (p.rate >= t.rate, f"{p.rate:,.0f} vs {t.rate:,.0f} req/s = "
+                            f"{p.rate / t.rate:.2f}x")),
+        judge("2. pipelined 50: tgate+Python >= 1.0x trio",
+              [("pipelined-50", "tgate-py"), ("pipelined-50", "trio")],
+              lambda p, t: (p.rate >= t.rate, f"{p.rate:,.0f} vs {t.rate:,.0f} req/s = "
+                            f"{p.rate / t.rate:.2f}x")),
+        judge("3. 1 client p50 latency: tgate+Python <= 2x trio",
+              [("closed-1", "tgate-py"), ("closed-1", "trio")],
+              lambda p, t: (p.data["p50_us"] <= 2 * t.data["p50_us"],
+                            f"{p.data['p50_us']:.0f} vs {t.data['p50_us']:.0f} µs = "
+                            f"{p.data['p50_us'] / t.data['p50_us']:.2f}x")),
+        judge("4. churn: tgate+Python >= 0.8x trio and >= 10x socat",
+              [("churn-8", "tgate-py"), ("churn-8", "trio"), ("churn-8", "socat")],
+              lambda p, t, s: (p.rate >= 0.8 * t.rate and p.rate >= 10 * s.rate,
+                               f"{p.rate:,.0f} conn/s = {p.rate / t.rate:.2f}x trio, "
+                               f"{p.rate / s.rate:.1f}x socat")),
+    ]
 
     # 5: Node within 10% of Python on every row (the row's req/s or conn/s)
-    pairs = [(row, get(row.name, "tgate-py"), get(row.name, "tgate-node")) for row in rows]
-    measured = [(row, p, n) for row, p, n in pairs if p is not None and n is not None]
-    if not measured:
-        out.append(("5. Node within 10% of Python on every row", "SKIP",
-                    "not measured: tgate-py and tgate-node"))
-    else:
+    needed5 = [(row.name, srv) for row in ROWS for srv in ("tgate-py", "tgate-node")]
+
+    def node_vs_python(*rs: Result) -> tuple[bool, str]:
         parts, ok = [], True
-        for row, p, n in measured:
-            assert p is not None and n is not None
+        for i, row in enumerate(ROWS):
+            p, n = rs[2 * i], rs[2 * i + 1]
             r = n.rate / p.rate
             ok &= abs(r - 1) <= 0.10
             parts.append(f"{row.name} {r:.2f}x")
-        flagged = errs(*[x for _, p, n in measured for x in (p, n) if x is not None])
-        missing = [row.name for row, p, n in pairs if p is None or n is None]
-        detail = "node/python: " + ", ".join(parts)
-        if missing:
-            detail += f" (not measured: {', '.join(missing)})"
-        out.append(("5. Node within 10% of Python on every row",
-                    "PASS" if ok and not flagged else "FAIL", detail + flagged))
+        return ok, "node/python: " + ", ".join(parts)
+
+    out.append(judge("5. Node within 10% of Python on every row", needed5, node_vs_python))
     return out
+
+
+def exit_status(verdicts: list[Verdict]) -> int:
+    """The script's exit status: 1 when any goal FAILs (SKIP and PASS: 0)."""
+    return 1 if any(v == "FAIL" for _, v, _ in verdicts) else 0
 
 
 # ---------------------------------------------------------------- main
@@ -800,10 +847,11 @@ def main() -> int:
     print("## Results")
     print()
     print(f"Median of {args.repeat} run(s) by rate. Ratios are to the trio baseline in the "
-          "same run (rate: higher is better; latency: lower is better). ⚠ = errors or "
-          "stalled connections, see Problems.")
+          "same run (rate: higher is better; latency: lower is better). ⚠ FAIL(k/n ...) = "
+          "k of the cell's n repeats failed (no result) or errored (errors or stalled "
+          "connections), see Problems; such a cell fails every goal that needs it.")
     print()
-    print_table(rows, servers, best)
+    print_table(rows, servers, best, runs)
     print()
     ncpu = os.cpu_count() or 1
     print("CPU during the measured window, % of one core (loadgen = the generator's own "
@@ -828,7 +876,8 @@ def main() -> int:
         print()
     print("## Goals")
     print()
-    for name, verdict, detail in goals(best, rows):
+    verdicts = goals(runs)
+    for name, verdict, detail in verdicts:
         print(f"- {verdict} {name}: {detail}")
     print()
     print("## Problems")
@@ -856,11 +905,15 @@ def main() -> int:
             for v in runs.values() for r in v
         ],
         "problems": problems,
+        "goals": [{"goal": n, "verdict": v, "detail": d} for n, v, d in verdicts],
         "elapsed_s": elapsed,
     }
     for path in filter(None, [str(BUILD / "last-run.json"), args.json]):
         Path(path).write_text(json.dumps(raw, indent=1))
-    return 0
+    status = exit_status(verdicts)
+    if status:
+        print(f"\nexit status {status}: a goal FAILed", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

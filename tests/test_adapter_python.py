@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from conftest import need_module
+
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTER_DIR = ROOT / "adapters" / "python"
 # Test the checkout's adapter, not a copy an install may have put in site-packages.
@@ -198,7 +200,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.setattr(tgate_handler, "_loads", json.loads)
         monkeypatch.setattr(tgate_handler, "_dumps", tgate_handler._std_dumps)
     elif importlib.util.find_spec("orjson") is None:
-        pytest.skip("orjson is not installed")
+        need_module("orjson")  # a dependency of tgate: fails under TGATE_REQUIRE_TOOLS=1
     else:
         import orjson
 

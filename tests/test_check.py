@@ -22,6 +22,8 @@ import trio
 from tgate.check import PROBE, Row, main, render
 from tgate.check import check as run_check
 
+from conftest import missing, requires
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 LINE_ECHO = FIXTURES / "line_echo.py"
@@ -32,7 +34,8 @@ CLOSES_ON_DATA = FIXTURES / "closes_on_data.py"
 ANSWERS_ONCE = FIXTURES / "answers_once.py"
 ECHO_PL = ROOT / "examples" / "echo.pl"
 
-needs_perl = pytest.mark.skipif(shutil.which("perl") is None, reason="perl is not installed")
+needs_perl = requires("perl")
+needs_node = requires("node")
 
 
 def py(script: Path, *args: str) -> str:
@@ -262,7 +265,16 @@ def test_python_dash_m(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["echo.py", "echo.js", "chat.py", "chat.js", "echo.pl", "miniredis.js", "http.py"]
+    "name",
+    [
+        "echo.py",
+        pytest.param("echo.js", marks=needs_node),
+        "chat.py",
+        pytest.param("chat.js", marks=needs_node),
+        pytest.param("echo.pl", marks=needs_perl),
+        pytest.param("miniredis.js", marks=needs_node),
+        "http.py",
+    ],
 )
 def test_every_example_handler_passes(capsys: pytest.CaptureFixture[str], name: str) -> None:
     from conftest import example
@@ -293,7 +305,11 @@ FRAMED_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("name", ["echo.py", "echo.js", "chat.py", "chat.js"])
+@pytest.mark.parametrize(
+    "name",
+    ["echo.py", pytest.param("echo.js", marks=needs_node), "chat.py",
+     pytest.param("chat.js", marks=needs_node)],
+)
 def test_examples_pass_in_line_framing(capsys: pytest.CaptureFixture[str], name: str) -> None:
     from conftest import example
 
@@ -313,7 +329,7 @@ def test_examples_pass_in_line_framing(capsys: pytest.CaptureFixture[str], name:
     ("name", "framing"),
     [
         ("echo.py", "netstring"),
-        ("echo.js", "packet2"),
+        pytest.param("echo.js", "packet2", marks=needs_node),
         ("echo.py", "packet4"),
         pytest.param("echo.pl", "crlf", marks=needs_perl),
     ],
@@ -427,7 +443,7 @@ def assert_one_verdict(rows: list[Row], *seen: str) -> str:
     return out
 
 
-@pytest.mark.skipif(shutil.which("cat") is None, reason="cat is not installed")
+@requires("cat")
 async def test_cat_fails_fast_with_one_verdict() -> None:
     started = trio.current_time()
     with trio.fail_after(FAST):
@@ -512,7 +528,7 @@ def _console_script() -> str:
         "tgate"
     )
     if found is None:
-        pytest.skip("the tgate console script is not installed (pip install -e .)")
+        missing("the tgate console script (pip install -e .)")
     return found
 
 
@@ -532,7 +548,7 @@ def test_console_script_fails_a_crash_at_start_fast() -> None:
     assert out.count("RuntimeError: crash_at_start: no configuration found") == 1, out
 
 
-@pytest.mark.skipif(shutil.which("cat") is None, reason="cat is not installed")
+@requires("cat")
 def test_console_script_fails_cat_fast() -> None:
     started = time.monotonic()
     proc = subprocess.run(

@@ -12,10 +12,16 @@ import trio
 
 from tgate.server import Conn, Gateway
 
-from conftest import example, expect, recv_exactly, wait_for
+from conftest import example, expect, recv_exactly, requires, wait_for
 
-ECHOES = [pytest.param(example("echo.py"), id="py"), pytest.param(example("echo.js"), id="js")]
-CHATS = [pytest.param(example("chat.py"), id="py"), pytest.param(example("chat.js"), id="js")]
+ECHOES = [
+    pytest.param(example("echo.py"), id="py"),
+    pytest.param(example("echo.js"), id="js", marks=requires("node")),
+]
+CHATS = [
+    pytest.param(example("chat.py"), id="py"),
+    pytest.param(example("chat.js"), id="js", marks=requires("node")),
+]
 MODES = ["line", "crlf", "packet2", "packet4", "netstring"]
 
 

@@ -21,11 +21,14 @@ from typing import Any
 import pytest
 import trio
 
-from conftest import example, need, recv_exactly, recv_until_eof
+from conftest import example, need, need_module, recv_exactly, recv_until_eof, requires
 
 MINIREDIS = example("miniredis.js")
 HTTP = example("http.py")
-CHATS = [pytest.param(example("chat.py"), id="py"), pytest.param(example("chat.js"), id="js")]
+CHATS = [
+    pytest.param(example("chat.py"), id="py"),
+    pytest.param(example("chat.js"), id="js", marks=requires("node")),
+]
 
 
 async def run(
@@ -70,7 +73,7 @@ async def exchange(port: int, data: bytes, n: int) -> bytes:
 
 async def test_redis_py_commands(gateway) -> None:
     need("node")
-    pytest.importorskip("redis")
+    need_module("redis")
     import redis
 
     def scenario(port: int) -> None:
@@ -162,7 +165,7 @@ async def test_redis_py_commands(gateway) -> None:
 
 async def test_redis_py_keys_glob_patterns(gateway) -> None:
     need("node")
-    pytest.importorskip("redis")
+    need_module("redis")
     names = [
         "hello", "hallo", "hxllo", "hllo", "heeeello", "h-llo", "h^llo", "h]llo",
         "a*b", "a?b", "a\\b", "[x]", "ab", "b", "",
@@ -209,7 +212,7 @@ async def test_redis_py_keys_glob_patterns(gateway) -> None:
 
 async def test_redis_py_binary_values(gateway) -> None:
     need("node")
-    pytest.importorskip("redis")
+    need_module("redis")
     key = b"bin\x00key\r\n\xff"
     value = b"\x00\r\n" + bytes(range(256)) + b"\r\n*1\r\n$4\r\nPING\r\n\x00"
     big = bytes(range(256)) * 200  # 51200 bytes: fits tgate's 64 KiB buffer
@@ -237,7 +240,7 @@ async def test_redis_py_binary_values(gateway) -> None:
 
 async def test_redis_py_pipeline_of_1000_commands(gateway) -> None:
     need("node")
-    pytest.importorskip("redis")
+    need_module("redis")
 
     def scenario(port: int) -> None:
         r = redis_client(port)
@@ -266,7 +269,7 @@ async def test_redis_py_pipeline_of_1000_commands(gateway) -> None:
 
 async def test_redis_py_quit(gateway) -> None:
     need("node")
-    pytest.importorskip("redis")
+    need_module("redis")
 
     def scenario(port: int) -> None:
         r = redis_client(port)

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from conftest import example, read_log, recv_exactly, recv_until_eof, scripted, wait_for
+from conftest import example, read_log, recv_exactly, recv_until_eof, requires, scripted, wait_for
 
-ECHOES = [pytest.param(example("echo.py"), id="py"), pytest.param(example("echo.js"), id="js")]
+ECHOES = [
+    pytest.param(example("echo.py"), id="py"),
+    pytest.param(example("echo.js"), id="js", marks=requires("node")),
+]
 
 
 @pytest.mark.parametrize("handler", ECHOES)
