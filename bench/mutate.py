@@ -101,7 +101,7 @@ MUTATIONS = [
              "src/tgate/cli.py", "        handler_timeout=args.handler_timeout,\n", "",
              (f"{FD}::test_flag_takes_effect[--handler-timeout]",)),
     Mutation("half-close", "a client's EOF is not passed on",
-             "src/tgate/server.py", "core.received_eof(c)", "pass",
+             "src/tgate/clients.py", "core.received_eof(c)", "pass",
              ("tests/test_gateway.py::test_half_close_delivers_then_closes[py]",
               "tests/test_gateway.py::test_half_close_last_partial_message_reaches_handler")),
 ]

@@ -167,6 +167,8 @@ def test_sighup_whose_new_handler_dies_at_once_keeps_the_old_one(tmp_path: Path)
     prelude = f"import os, sys\nif os.path.exists({str(flag)!r}): sys.exit('broken deploy')\n"
     with tgate("--handler", echo_after(tmp_path / "h.py", prelude)) as t:
         with t.connect() as s:
+            s.sendall(b"up\n")
+            assert recv_line(s) == b"up\n"  # the first handler is past its prelude
             flag.touch()
             t.signal(signal.SIGHUP)
             t.wait_for(r"reload failed: new handler \(pid \d+\) exited with code 1")

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import trio
 
+import tgate.clients
 import tgate.link
-import tgate.server
-from tgate.server import DISCARD_READS, _discard_input
+from tgate.clients import DISCARD_READS, _discard_input
 
 from conftest import example, read_log, recv_exactly, scripted, wait_for
 
@@ -43,7 +43,7 @@ async def test_idle_close_of_a_client_that_does_not_read_has_a_deadline(
 ) -> None:
     # Issue 20.5: "disconnected (idle)" waited for the output to flush with
     # no deadline; the handler never got its disconnect.
-    monkeypatch.setattr(tgate.server, "CLOSE_FLUSH_TIMEOUT", 0.5)
+    monkeypatch.setattr(tgate.clients, "CLOSE_FLUSH_TIMEOUT", 0.5)
     log = tmp_path / "log"
     with trio.fail_after(30):
         async with gateway(scripted(log), idle_timeout=0.5, max_output=64 << 20) as (gw, port):

@@ -90,7 +90,7 @@ async def test_slow_handler_pipe_stops_reading_clients(gateway, monkeypatch) -> 
             for s in streams:
                 await s.send_all(payload)
             # While the handler sleeps, the gateway stops reading: readers park.
-            await wait_for(lambda: len(gw._parked) > 0)
+            await wait_for(lambda: len(gw.clients.parked) > 0)
             # At most one more message than the high-water mark got queued.
             assert gw.core.outbox_size + gw.core.pipe_pending < 2000 + 8 * 1024
             for s in streams:
