@@ -231,21 +231,40 @@ def test_sighup_at_the_open_file_limit_keeps_the_old_handler(tmp_path: Path) -> 
 # ------------------------------------------------------------------ 11.2 stops
 
 
-@pytest.mark.parametrize("moment", ["backoff", "hung", "same-signal"])
+@pytest.mark.parametrize("moment", ["backoff", "hung", "stuck", "same-signal"])
 def test_sigterm_at_any_moment_exits_within_the_grace(tmp_path: Path, moment: str) -> None:
     log = tmp_path / "log"
+    timeout = "60"
     if moment == "hung":
         handler = scripted(log, "hang-on", "HANG")
+    elif moment == "stuck":
+        # Stops reading, ignores SIGTERM, and is detected as hung during the
+        # shutdown's grace: the restart path must not start another.
+        timeout = "0.5"
+        handler = echo_after(tmp_path / "stuck.py", (
+            "import os, signal, sys, time\n"
+            f"flag = {str(tmp_path / 'once')!r}\n"
+            "if not os.path.exists(flag):\n"
+            "    open(flag, 'w').close()\n"
+            "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "    sys.stdin.readline()\n"
+            "    time.sleep(3600)\n"
+        ))
     else:
         handler = scripted(log, "crash-on", "CRASH")
     grace = 1.0
     with tgate("--handler", handler, "--shutdown-grace", str(grace),
-               "--handler-timeout", "60") as t:
+               "--handler-timeout", timeout) as t:
         with t.connect() as s:
-            s.sendall(b"hi\n")
-            assert recv_line(s) == b"hi\n"
+            if moment != "stuck":
+                s.sendall(b"hi\n")
+                assert recv_line(s) == b"hi\n"
             (pid,) = t.handler_pids()
-            if moment == "backoff":
+            if moment == "stuck":
+                s.sendall(b"never answered\n")
+                time.sleep(0.2)
+                t.signal(signal.SIGTERM)
+            elif moment == "backoff":
                 # two crashes in a row: the second restart waits (backoff)
                 s.sendall(b"CRASH\n")
                 t.wait_for("restarting in 0.00 s")
