@@ -47,14 +47,16 @@ class Chat(ServerLoop):
         self.say(self.others(client), b"* %d joined" % client.id)
 
     # --framing raw: find the lines in the bytes.
-    def process_client_data(self, client: Client, buf: bytes) -> int:
-        end = buf.find(b"\n")
+    # One line per call, without copying the rest of the buffer each time
+    # (ServerLoop's signature: the unconsumed bytes are buf[pos:pos+length]).
+    def process_client_buffer(self, client: Client, buf: bytes, pos: int, length: int) -> int:
+        end = buf.find(b"\n", pos, pos + length)
         if end >= 0:
-            self.process_frame(client, buf[:end].removesuffix(b"\r"))
-            return end + 1
+            self.process_frame(client, buf[pos:end].removesuffix(b"\r"))
+            return end + 1 - pos
         if client.eof:  # an unterminated last line
-            self.process_frame(client, buf.removesuffix(b"\r"))
-            return len(buf)
+            self.process_frame(client, buf[pos : pos + length].removesuffix(b"\r"))
+            return length
         return 0  # partial line: wait for the rest
 
     # --framing line: tgate found the line.
