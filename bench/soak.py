@@ -41,11 +41,13 @@ def rss_kib(pid: int) -> int:
 
 
 def children(pid: int) -> list[int]:
+    """tgate's handler processes (not its guardian, a `python -I -S -c` helper)."""
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         text = (task / "children").read_text().split()
         out += [int(p) for p in text]
-    return out
+    return [p for p in out
+            if b"\0-I\0-S\0-c\0" not in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
 def pct(values: list[float], q: float) -> float:
