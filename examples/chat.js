@@ -1,6 +1,7 @@
 // Line chat: every complete line a client sends goes to all the other clients.
 //
-//   on connect:     others get  "* {id} joined\n"
+//   on connect:     others get  "* {id} joined\n"  (not again when tgate replays
+//                                the connect to a restarted handler: client.replayed)
 //   on a line:      others get  "{id}: {line}\n"   (line without its "\n" and one trailing "\r")
 //   on disconnect:  others get  "* {id} left\n"
 //
@@ -11,23 +12,33 @@
 // the same as examples/chat.py's, under --framing raw (the handler splits the
 // lines) and under --framing line (tgate does, and ends each write with "\n").
 //
+// The other clients are reached through a tgate channel, not a list of
+// clients: each client is subscribed to "chat" when it connects, and every
+// message is published to "chat" excluding its author (tgate removes a client
+// from its channels when it disconnects). So it works unchanged with
+// tgate --workers N, where each handler process serves only some of the
+// clients: a message published by one worker reaches the clients of all.
+//
 //   tgate --listen 127.0.0.1:7000 -- node examples/chat.js
 import { Buffer } from 'node:buffer';
 import { ServerLoop } from '../adapters/node/index.js';
 
-class Chat extends ServerLoop {
-  /** Every connected client except `client` (closed ones are skipped by broadcast). */
-  others(client) {
-    return [...this.clients.values()].filter((c) => c !== client);
-  }
+const CHANNEL = 'chat';
 
-  /** One line to these clients: in a framed mode each write is a line (tgate ends it). */
-  say(to, line) {
-    this.broadcast(to, this.framing === 'raw' ? Buffer.concat([line, Buffer.from('\n')]) : line);
+class Chat extends ServerLoop {
+  /**
+   * One line to every client in the chat but `exclude`, whichever worker
+   * serves them: in a framed mode each write is a line (tgate ends it).
+   */
+  say(line, exclude = undefined) {
+    const bytes = this.framing === 'raw' ? Buffer.concat([line, Buffer.from('\n')]) : line;
+    this.publish(CHANNEL, bytes, { exclude });
   }
 
   clientConnected(client) {
-    this.say(this.others(client), Buffer.from(`* ${client.id} joined`));
+    client.subscribe(CHANNEL);
+    // A restarted handler: the room already saw this client join.
+    if (!client.replayed) this.say(Buffer.from(`* ${client.id} joined`), client);
   }
 
   // --framing raw: find the lines in the bytes.
@@ -46,12 +57,12 @@ class Chat extends ServerLoop {
 
   // --framing line: tgate found the line.
   processFrame(client, frame) {
-    this.say(this.others(client), Buffer.concat([Buffer.from(`${client.id}: `), frame]));
+    this.say(Buffer.concat([Buffer.from(`${client.id}: `), frame]), client);
   }
 
   clientDisconnected(client) {
-    // `client` has already left this.clients.
-    this.say(this.clients, Buffer.from(`* ${client.id} left`));
+    // tgate has already taken the client out of the channel.
+    this.say(Buffer.from(`* ${client.id} left`));
   }
 }
 

@@ -1,6 +1,8 @@
 """Line chat handler for tgate.
 
-- When a client connects, every other client gets ``* {id} joined\\n``.
+- When a client connects, every other client gets ``* {id} joined\\n`` (not
+  again when tgate replays its ``connect`` to a restarted handler process:
+  ``client.replayed``).
 - Each complete line a client sends (terminated by ``\\n``; the line is its
   bytes without the ``\\n`` and without one trailing ``\\r``) goes to every
   other client as ``{id}: {line}\\n``. A partial line waits for more bytes; an
@@ -15,6 +17,13 @@ this handler under ``tgate --framing line`` (tgate then splits the lines and
 ends each write with ``\\n``) and under the default ``--framing raw`` (the
 handler splits the lines itself).
 
+The other clients are reached through a tgate channel, not a list of clients:
+each client is subscribed to ``chat`` when it connects, and every message is
+published to ``chat`` excluding its author (tgate removes a client from its
+channels when it disconnects). So the handler works unchanged with
+``tgate --workers N``, where each handler process serves only some of the
+clients: a message published by one worker reaches the clients of all.
+
 Give tgate ``python3 examples/chat.py`` as its handler command; it runs from a
 checkout without installing anything.
 """
@@ -23,7 +32,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
 
 try:
     from tgate_handler import Client, ServerLoop
@@ -34,17 +42,20 @@ except ImportError:  # running from a checkout: use the adapter next door
     from tgate_handler import Client, ServerLoop
 
 
-class Chat(ServerLoop):
-    def others(self, client: Client) -> list[Client]:
-        return [c for c in self.clients.values() if c is not client]
+CHANNEL = "chat"
 
-    def say(self, to: Iterable[Client], line: bytes) -> None:
-        """One line to these clients. In a framed mode each write is one line
-        (tgate adds the line end); in raw mode the handler ends it."""
-        self.broadcast(to, line if self.framing != "raw" else line + b"\n")
+
+class Chat(ServerLoop):
+    def say(self, line: bytes, exclude: Client | None = None) -> None:
+        """One line to every client in the chat but ``exclude``, whichever
+        worker serves them. In a framed mode each write is one line (tgate adds
+        the line end); in raw mode the handler ends it."""
+        self.publish(CHANNEL, line if self.framing != "raw" else line + b"\n", exclude=exclude)
 
     def client_connected(self, client: Client) -> None:
-        self.say(self.others(client), b"* %d joined" % client.id)
+        client.subscribe(CHANNEL)
+        if not client.replayed:  # a restarted handler: the room saw it join
+            self.say(b"* %d joined" % client.id, exclude=client)
 
     # --framing raw: find the lines in the bytes.
     # One line per call, without copying the rest of the buffer each time
@@ -61,10 +72,11 @@ class Chat(ServerLoop):
 
     # --framing line: tgate found the line.
     def process_frame(self, client: Client, frame: bytes) -> None:
-        self.say(self.others(client), b"%d: %s" % (client.id, frame))
+        self.say(b"%d: %s" % (client.id, frame), exclude=client)
 
     def client_disconnected(self, client: Client) -> None:
-        self.say(self.others(client), b"* %d left" % client.id)
+        # tgate has already taken the client out of the channel.
+        self.say(b"* %d left" % client.id)
 
 
 if __name__ == "__main__":

@@ -109,16 +109,6 @@ def received(lines: list[list[Msg]]) -> dict[int, bytes]:
     return got
 
 
-def line_framed(lines: list[list[Msg]], cid: int) -> bytes:
-    """What a client receives under --framing line: each write is a line, a raw
-    write is bytes as they are."""
-    got = b""
-    for cmd in flat(lines):
-        if cmd["op"] == "write" and cid in (cmd["ids"] if "ids" in cmd else [cmd["id"]]):
-            got += cmd["data"].encode("latin-1") + (b"" if cmd.get("raw") else b"\n")
-    return got
-
-
 def consumed(lines: list[list[Msg]], cid: int | None = None) -> list[int]:
     return [
         c["n"] for c in flat(lines) if c["op"] == "consumed" and (cid is None or c["id"] == cid)
@@ -636,6 +626,243 @@ def test_broadcast_uses_ids_skips_closed_and_unknown_and_coalesces() -> None:
     ]
 
 
+# -- workers and channels ----------------------------------------------------
+
+
+def test_hello_worker_fields_default_to_0_and_1() -> None:
+    seen: list[tuple[int, int]] = []
+
+    class Who(ServerLoop):
+        def client_connected(self, client: Client) -> None:
+            seen.append((self.worker, self.workers))
+
+    loop = Who()
+    assert (loop.worker, loop.workers) == (0, 1)  # before hello
+    run(loop, {**HELLO, "worker": 2, "workers": 4}, connect(1), hello=False)
+    assert seen == [(2, 4)]
+    run(loop, HELLO, connect(1), hello=False)  # an older tgate: no fields
+    assert seen[-1] == (0, 1)
+    # Nonsense is not believed.
+    for bad, expected in [
+        ({"worker": 4, "workers": 4}, (0, 4)),
+        ({"worker": -1}, (0, 1)),
+        ({"worker": 1, "workers": 0}, (0, 1)),
+        ({"worker": True, "workers": 3}, (0, 3)),
+        ({"worker": "1", "workers": 2.0}, (0, 1)),
+    ]:
+        run(loop, {**HELLO, **bad}, connect(1), hello=False)
+        assert seen[-1] == expected, bad
+
+
+def test_subscribe_unsubscribe_and_publish_on_the_wire(backend: str) -> None:
+    class Room(ServerLoop):
+        def client_connected(self, client: Client) -> None:
+            client.subscribe("room")
+            client.subscribe("café")  # any non-empty str
+            client.unsubscribe("café")
+
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            self.publish("room", buf)  # to every subscriber
+            self.publish("room", buf, exclude=client)  # but the sender
+            self.publish("room", "hé", exclude=2)  # an id; a str is sent as UTF-8
+            self.publish("room", memoryview(b"\x00\xff"), raw=True)  # raw means nothing here
+            self.publish("room", b"")  # no bytes: nothing to send
+            return len(buf)
+
+    out = io.BytesIO()
+    Room().run(io.BytesIO(encode(HELLO, connect(1), data(1, b"hi\xff"))), out)
+    assert out.getvalue() == (
+        '[{"op":"subscribe","id":1,"channel":"room"},'
+        '{"op":"subscribe","id":1,"channel":"café"},'
+        '{"op":"unsubscribe","id":1,"channel":"café"}]\n'
+        '[{"op":"publish","channel":"room","data":"hi\u00ff"},'
+        '{"op":"publish","channel":"room","data":"hi\u00ff","exclude":1},'
+        '{"op":"publish","channel":"room","data":"h\u00c3\u00a9","exclude":2},'
+        '{"op":"publish","channel":"room","data":"\u0000\u00ff"},'
+        '{"op":"consumed","id":1,"n":3}]\n'
+    ).encode("utf-8").replace(b"\x00", b"\\u0000")
+
+
+def test_channel_commands_share_the_consumed_line_in_order_closes_last() -> None:
+    class Mixer(ServerLoop):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            client.write(b"before ")
+            client.subscribe("a")
+            self.publish("a", b"news", exclude=client)
+            client.write(b"after")  # not coalesced with "before " across the publish
+            self.clients[2].unsubscribe("a")
+            client.close()
+            client.subscribe("b")  # closed: ignored
+            client.unsubscribe("a")  # closed: ignored
+            self.publish("a", b"bye")  # not tied to a client: still sent
+            return len(buf)
+
+    out = CountingWriter()
+    Mixer().run(io.BytesIO(encode(HELLO, connect(1), connect(2), data(1, b"go"), TICK)), out)
+    assert out.writes == 1
+    assert parse(out.getvalue()) == [
+        [
+            {"op": "write", "id": 1, "data": "before "},
+            {"op": "subscribe", "id": 1, "channel": "a"},
+            {"op": "publish", "channel": "a", "data": "news", "exclude": 1},
+            {"op": "write", "id": 1, "data": "after"},
+            {"op": "unsubscribe", "id": 2, "channel": "a"},
+            {"op": "publish", "channel": "a", "data": "bye"},
+            {"op": "consumed", "id": 1, "n": 2},
+            {"op": "close", "id": 1},
+        ]
+    ]
+
+
+def test_channel_commands_from_connect_disconnect_and_tick() -> None:
+    class Presence(ServerLoop):
+        def client_connected(self, client: Client) -> None:
+            client.subscribe("all")
+            self.publish("all", f"+{client.id}", exclude=client.id)
+
+        def client_disconnected(self, client: Client) -> None:
+            client.subscribe("all")  # gone: ignored
+            self.publish("all", f"-{client.id}")
+
+        def update(self) -> None:
+            self.publish("all", "tick")
+
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            return len(buf)
+
+    lines = run(Presence(), connect(1), connect(2), disconnect(1), TICK, data(2, b"x"))
+    assert lines == [
+        [
+            {"op": "subscribe", "id": 1, "channel": "all"},
+            {"op": "publish", "channel": "all", "data": "+1", "exclude": 1},
+        ],
+        [
+            {"op": "subscribe", "id": 2, "channel": "all"},
+            {"op": "publish", "channel": "all", "data": "+2", "exclude": 2},
+        ],
+        [{"op": "publish", "channel": "all", "data": "-1"}],
+        [{"op": "publish", "channel": "all", "data": "tick"}],
+        [{"op": "consumed", "id": 2, "n": 1}],
+    ]
+
+
+def test_consecutive_publishes_of_bytes_coalesce_frames_never() -> None:
+    class Caster(ServerLoop):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            for line in buf.splitlines(keepends=True):
+                self.publish("a", line, exclude=client)  # one publish for all of them
+            self.publish("a", b"!", exclude=client.id)  # the same exclude, as an id
+            self.publish("a", b"x")  # another exclude
+            self.publish("b", b"y")  # another channel
+            self.publish("b", b"z")
+            return len(buf)
+
+        def process_frame(self, client: Client, frame: bytes) -> None:
+            self.publish("a", frame)
+            self.publish("a", frame)  # two frames
+            self.publish("a", b"> ", raw=True)
+            self.publish("a", b"$ ", raw=True)  # raw bytes coalesce
+            self.publish("a", frame)
+
+    lines = run(Caster(), connect(1), data(1, b"one\ntwo\nthree\n"))
+    assert lines[-1] == [
+        {"op": "publish", "channel": "a", "data": "one\ntwo\nthree\n!", "exclude": 1},
+        {"op": "publish", "channel": "a", "data": "x"},
+        {"op": "publish", "channel": "b", "data": "yz"},
+        {"op": "consumed", "id": 1, "n": 14},
+    ]
+    lines = run(Caster(), LINE_HELLO, connect(1), frame(1, b"f"), hello=False)
+    assert lines[-1] == [
+        {"op": "publish", "channel": "a", "data": "f"},
+        {"op": "publish", "channel": "a", "data": "f"},
+        {"op": "publish", "channel": "a", "data": "> $ ", "raw": True},
+        {"op": "publish", "channel": "a", "data": "f"},
+    ]
+
+
+def test_framed_publish_is_one_frame_raw_only_when_asked() -> None:
+    class Room(ServerLoop):
+        def process_frame(self, client: Client, frame: bytes) -> None:
+            self.publish("room", frame, exclude=client)
+            self.publish("room", b"")  # an empty frame
+            self.publish("room", b"> ", raw=True)
+            self.publish("room", b"", raw=True)  # no bytes, unframed: nothing
+
+    lines = run(Room(), LINE_HELLO, connect(1), frame(1, b"hi"), hello=False)
+    assert lines == [
+        [
+            {"op": "publish", "channel": "room", "data": "hi", "exclude": 1},
+            {"op": "publish", "channel": "room", "data": ""},
+            {"op": "publish", "channel": "room", "data": "> ", "raw": True},
+        ]
+    ]
+
+
+def test_bad_channels_and_excludes_raise_and_close_the_client() -> None:
+    class Bad(Recorder):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            with pytest.raises(ValueError):
+                client.subscribe("")
+            with pytest.raises(TypeError):
+                client.subscribe(b"room")  # type: ignore[arg-type]
+            with pytest.raises(TypeError):
+                client.unsubscribe(None)  # type: ignore[arg-type]
+            with pytest.raises(ValueError):
+                self.publish("", b"x")
+            with pytest.raises(TypeError):
+                self.publish("a", 42)  # type: ignore[arg-type]
+            for exclude in ("1", 1.0, True):
+                with pytest.raises(TypeError):
+                    self.publish("a", b"x", exclude=exclude)  # type: ignore[arg-type]
+            client.subscribe(7)  # type: ignore[arg-type]  # uncaught: reported, closed
+            return len(buf)
+
+    loop = Bad()
+    lines = run(loop, connect(1), data(1, b"x"))
+    assert [type(exc) for exc, _ in loop.errors] == [TypeError]
+    assert lines == [[{"op": "consumed", "id": 1, "n": 0}, {"op": "close", "id": 1}]]
+
+
+def test_turn_over_the_line_limit_keeps_channel_commands_in_order(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(tgate_handler, "_MAX_LINE", 4096 + 6 * 1000)  # pieces of 1000
+
+    class Big(ServerLoop):
+        def process_client_data(self, client: Client, buf: bytes) -> int:
+            client.subscribe("big")
+            self.publish("big", b"\x00" * 2500, exclude=client)
+            client.unsubscribe("big")
+            return len(buf)
+
+    lines = run(Big(), connect(1), data(1, b"x"))
+    piece = {"op": "publish", "channel": "big", "exclude": 1}
+    assert lines == [
+        [{"op": "subscribe", "id": 1, "channel": "big"}],
+        *[[{**piece, "data": "\x00" * k}] for k in (1000, 1000, 500)],
+        [{"op": "unsubscribe", "id": 1, "channel": "big"}],
+        [{"op": "consumed", "id": 1, "n": 1}],
+    ]
+    assert "line limit" in capsys.readouterr().err
+
+
+def test_a_framed_publish_over_the_line_limit_is_framed_by_the_adapter(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(tgate_handler, "_MAX_LINE", 4096 + 6 * 1000)
+
+    class Big(ServerLoop):
+        def process_frame(self, client: Client, frame: bytes) -> None:
+            self.publish("big", b"\x00" * 2500)
+
+    lines = run(Big(), {**HELLO, "framing": "netstring"}, connect(1), frame(1, b"go"),
+                hello=False)
+    cmds = flat(lines)
+    assert all(c["op"] == "publish" and c.get("raw") is True for c in cmds)
+    assert "".join(c["data"] for c in cmds) == "2500:" + "\x00" * 2500 + ","
+    assert "line limit" in capsys.readouterr().err
+
+
 def test_eof_flag_lets_the_handler_finish_a_partial_message() -> None:
     class Lines(Recorder):
         def process_client_data(self, client: Client, buf: bytes) -> int:
@@ -689,6 +916,27 @@ def test_connect_sets_client_fields_and_data() -> None:
     assert client.data == ["state", 5]
     assert (client.eof, client.reason, client.closed) == (False, None, False)
     assert lines == [[{"op": "write", "id": 5, "data": "welcome 5\n"}]]
+
+
+def replayed(cid: int) -> Msg:
+    """A ``connect`` tgate replays to a restarted handler process."""
+    return {**connect(cid), "replay": True}
+
+
+def test_a_replayed_connect_sets_client_replayed_before_client_connected() -> None:
+    seen: dict[int, bool] = {}
+
+    class Watcher(ServerLoop):
+        def client_connected(self, client: Client) -> Any:
+            seen[client.id] = client.replayed
+
+    # Only a real true counts: the field is absent on a first connect.
+    odd = [{**connect(3), "replay": False}, {**connect(4), "replay": 1}]
+    loop = Watcher()
+    assert run(loop, connect(1), replayed(2), *odd, {**connect(5), "replay": "true"}) == []
+    assert seen == {1: False, 2: True, 3: False, 4: False, 5: False}
+    assert {cid: c.replayed for cid, c in loop.clients.items()} == seen
+    assert Client(loop, 9).replayed is False
 
 
 def test_exception_in_client_connected_closes_that_client() -> None:
@@ -1380,26 +1628,116 @@ def test_echo_example_process() -> None:
     assert proc.stderr == b""
 
 
+# -- a fake gateway, to tell what the clients of a handler using channels get --
+
+#: The client id of the fence (tests must not use it).
+FENCE = 1000
+
+
+def fenced(msgs: list[Msg]) -> list[Msg]:
+    """``msgs`` (hello first) with a fence after each message: a client FENCE
+    that connects right after hello, then an empty ``data`` for it after every
+    message. Its ``consumed`` (always sent, alone: there are no bytes to
+    process) marks the end of the commands the message before it produced;
+    :func:`answers` splits them back. The fence is also a client of the handler
+    (a chat subscribes it, say): ignore what it receives. An empty ``data``
+    works in framed modes too (the adapter answers it all the same)."""
+    fence = data(FENCE, b"")
+    return [msgs[0], connect(FENCE), fence, *(m for msg in msgs[1:] for m in (msg, fence))]
+
+
+def answers(lines: list[list[Msg]], n: int) -> list[list[Msg]]:
+    """The commands of a fenced run, one list per message after hello."""
+    groups: list[list[Msg]] = [[]]
+    for cmd in flat(lines):
+        if cmd["op"] == "consumed" and cmd["id"] == FENCE:
+            groups.append([])
+        else:
+            groups[-1].append(cmd)
+    # groups[0]: hello and the fence's connect; then one per message; then nothing.
+    assert len(groups) == n + 2 and groups[-1] == [], groups
+    return groups[1:-1]
+
+
+def simulate(msgs: list[Msg], per_msg: list[list[Msg]], framed: bool = False) -> dict[int, bytes]:
+    """What each client receives when a gateway applies ``per_msg[i]`` right
+    after sending ``msgs[i]`` (both without hello): writes and channels as
+    docs/protocol.md says, a client leaving its channels at its disconnect and
+    getting nothing after it or after its close. ``framed``: each write or
+    publish is a line (tgate appends ``\\n``) unless raw."""
+    got: dict[int, bytes] = {}
+    live: set[int] = set()
+    closed: set[int] = set()
+    channels: dict[str, set[int]] = {}
+
+    def send(cid: int, cmd: Msg) -> None:
+        if cid in live and cid not in closed:
+            end = b"\n" if framed and not cmd.get("raw") else b""
+            got[cid] = got.get(cid, b"") + cmd["data"].encode("latin-1") + end
+
+    for msg, cmds in zip(msgs, per_msg, strict=True):
+        if msg["op"] == "connect":
+            live.add(msg["id"])
+        elif msg["op"] == "disconnect":
+            live.discard(msg["id"])
+            for members in channels.values():
+                members.discard(msg["id"])
+        for cmd in cmds:
+            op = cmd["op"]
+            if op == "write":
+                for cid in cmd["ids"] if "ids" in cmd else [cmd["id"]]:
+                    send(cid, cmd)
+            elif op == "close":
+                closed.add(cmd["id"])
+            elif op == "subscribe" and cmd["id"] in live:
+                channels.setdefault(cmd["channel"], set()).add(cmd["id"])
+            elif op == "unsubscribe":
+                channels.get(cmd["channel"], set()).discard(cmd["id"])
+            elif op == "publish":
+                for cid in sorted(channels.get(cmd["channel"], ())):
+                    if cid != cmd.get("exclude"):
+                        send(cid, cmd)
+    return got
+
+
+CHAT_RAW: list[Msg] = [
+    HELLO,
+    connect(1),
+    connect(2),
+    connect(3),
+    data(1, b"hello\r\nhow are"),  # one line, one partial line
+    data(2, b"\xe9\xff\x00 \r\r\n"),  # binary; only one \r stripped
+    data(1, b" you?\n\n"),  # completes the partial line, then an empty line
+    disconnect(3, "reset"),
+    data(2, b"unterminated\r", eof=True),  # still a line, as --framing line makes it
+    disconnect(2, "eof"),
+    TICK,
+]
+
+
 def test_chat_example_process() -> None:
-    stream = encode(
-        HELLO,
-        connect(1),
-        connect(2),
-        connect(3),
-        data(1, b"hello\r\nhow are"),  # one line, one partial line
-        data(2, b"\xe9\xff\x00 \r\r\n"),  # binary; only one \r stripped
-        data(1, b" you?\n\n"),  # completes the partial line, then an empty line
-        disconnect(3, "reset"),
-        data(2, b"unterminated\r", eof=True),  # still a line, as --framing line makes it
-        disconnect(2, "eof"),
-        TICK,
-    )
-    proc = run_process(["-S", "examples/chat.py"], stream)
+    # A fence after each message tells which commands answer it.
+    proc = run_process(["-S", "examples/chat.py"], encode(*fenced(CHAT_RAW)))
     lines = parse(proc.stdout)
-    assert received(lines) == CHAT_RECEIVED
     assert consumed(lines, 1) == [7, 14]
     assert consumed(lines, 2) == [7, 13]
     assert proc.stderr == b""
+    per = answers(lines, len(CHAT_RAW) - 1)
+    # No list of clients: one channel, each message published to it but its author.
+    assert per[1] == [
+        {"op": "subscribe", "id": 2, "channel": "chat"},
+        {"op": "publish", "channel": "chat", "data": "* 2 joined\n", "exclude": 2},
+    ]
+    assert per[4] == [
+        {"op": "publish", "channel": "chat", "data": "2: \xe9\xff\x00 \r\n", "exclude": 2},
+        {"op": "consumed", "id": 2, "n": 7},
+    ]
+    assert per[6] == [{"op": "publish", "channel": "chat", "data": "* 3 left\n"}]
+    assert not [cmd for cmd in flat(lines) if cmd["op"] in ("write", "close")]
+    assert simulate(CHAT_RAW[1:], per) == CHAT_RECEIVED
+    # Without the fences, the same commands.
+    plain = run_process(["-S", "examples/chat.py"], encode(*CHAT_RAW))
+    assert flat(parse(plain.stdout)) == [cmd for cmds in per for cmd in cmds]
 
 
 CHAT_RECEIVED = {
@@ -1409,10 +1747,35 @@ CHAT_RECEIVED = {
 }
 
 
+def test_chat_example_does_not_announce_a_replayed_client() -> None:
+    """A restarted chat process is replayed its live clients' connects: it
+    subscribes them again (a new process knows nothing else) but the room,
+    which saw them join, is not told again. Two processes, one gateway."""
+    first = [HELLO, connect(1), connect(2), data(1, b"a\n")]
+    second = [HELLO, replayed(1), replayed(2), data(2, b"b\n"), connect(3), data(1, b"c\n")]
+    per: list[list[Msg]] = []
+    for msgs in (first, second):
+        proc = run_process(["-S", "examples/chat.py"], encode(*fenced(msgs)))
+        assert proc.stderr == b""
+        per += answers(parse(proc.stdout), len(msgs) - 1)
+    # The replayed connects (per[3], per[4]): a subscribe, no publish.
+    assert per[3] == [{"op": "subscribe", "id": 1, "channel": "chat"}]
+    assert per[4] == [{"op": "subscribe", "id": 2, "channel": "chat"}]
+    assert per[6] == [
+        {"op": "subscribe", "id": 3, "channel": "chat"},
+        {"op": "publish", "channel": "chat", "data": "* 3 joined\n", "exclude": 3},
+    ]
+    assert simulate([*first[1:], *second[1:]], per) == {
+        1: b"* 2 joined\n2: b\n* 3 joined\n",
+        2: b"1: a\n* 3 joined\n1: c\n",
+        3: b"1: c\n",
+    }
+
+
 def test_chat_example_process_line_framing() -> None:
     """The same conversation as test_chat_example_process, as tgate --framing line
     delivers it: the clients receive the same bytes."""
-    stream = encode(
+    msgs = [
         LINE_HELLO,
         connect(1),
         connect(2),
@@ -1426,14 +1789,19 @@ def test_chat_example_process_line_framing() -> None:
         eof(2),
         disconnect(2, "closed"),
         TICK,
-    )
-    proc = run_process(["-S", "examples/chat.py"], stream)
+    ]
+    proc = run_process(["-S", "examples/chat.py"], encode(*fenced(msgs)))
     lines = parse(proc.stdout)
-    assert consumed(lines) == []
+    assert [c for c in flat(lines) if c["op"] == "consumed" and c["id"] != FENCE] == []
     assert closes(lines) == [2]
-    assert flat(lines)[0] == {"op": "write", "ids": [1], "data": "* 2 joined"}
-    # tgate ends each write with "\n": what the clients get is the raw-mode bytes.
-    assert {cid: line_framed(lines, cid) for cid in (1, 2, 3)} == CHAT_RECEIVED
+    per = answers(lines, len(msgs) - 1)
+    assert per[1] == [
+        {"op": "subscribe", "id": 2, "channel": "chat"},
+        {"op": "publish", "channel": "chat", "data": "* 2 joined", "exclude": 2},
+    ]
+    assert per[6] == [{"op": "publish", "channel": "chat", "data": "1: ", "exclude": 1}]
+    # tgate ends each publish with "\n": what the clients get is the raw-mode bytes.
+    assert simulate(msgs[1:], per, framed=True) == CHAT_RECEIVED
     assert proc.stderr == b""
 
 

@@ -21,6 +21,8 @@ import trio
 
 from tgate.check import PROBE, Row, main, render
 from tgate.check import check as run_check
+from tgate.check.checker import Checker
+from tgate.check.session import Session, validate
 
 from conftest import missing, requires
 
@@ -283,6 +285,10 @@ def test_every_example_handler_passes(capsys: pytest.CaptureFixture[str], name: 
     assert rc == 0, out
     passed, failed = summary(out)
     assert failed == 0 and passed >= 10
+    if name.startswith("chat"):
+        # Channels: the checker applies subscribe and publish as tgate does, so
+        # the bystander gets the others' lines.
+        assert "writes across clients" in row(out, "many-clients"), out
 
 
 # -- framed modes (--framing) ------------------------------------------------
@@ -323,6 +329,8 @@ def test_examples_pass_in_line_framing(capsys: pytest.CaptureFixture[str], name:
     assert "closed on eof in" in row(out, "eof")
     if name.startswith("echo"):
         assert "5 frames, no consumed; 5 writes back (33 bytes framed)" in row(out, "frames")
+    else:
+        assert "writes across clients" in row(out, "many-clients"), out
 
 
 @pytest.mark.parametrize(
@@ -594,3 +602,150 @@ def test_verbose_shows_whole_cells() -> None:
     assert whole in row(verbose, PROBE_ROW)
     assert whole in run("-v")
     assert f"  - {whole}" in compact  # the failure's details are whole either way
+
+
+# -- workers and channels ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("msg", "problem"),
+    [
+        ({"op": "subscribe", "id": 1, "channel": "chat"}, None),
+        ({"op": "unsubscribe", "id": 1, "channel": "é" * 256}, None),
+        ({"op": "publish", "channel": "chat", "data": "hi\u00ff"}, None),
+        ({"op": "publish", "channel": "c", "data": "", "exclude": 3, "raw": False}, None),
+        ({"op": "subscribe", "channel": "chat"}, "subscribe id is missing or not an integer"),
+        ({"op": "subscribe", "id": "1", "channel": "c"}, "subscribe id is missing or not an int"),
+        ({"op": "unsubscribe", "id": True, "channel": "c"}, "unsubscribe id is missing"),
+        ({"op": "subscribe", "id": 1}, "subscribe channel is missing or not a string: None"),
+        ({"op": "subscribe", "id": 1, "channel": ""}, "subscribe channel is empty"),
+        ({"op": "subscribe", "id": 1, "channel": "x" * 257},
+         "subscribe channel has 257 characters (at most 256)"),
+        ({"op": "publish", "channel": "x" * 300, "data": ""},
+         "publish channel has 300 characters (at most 256)"),
+        ({"op": "unsubscribe", "id": 1, "channel": 5}, "unsubscribe channel is missing or not a"),
+        ({"op": "publish", "data": "x"}, "publish channel is missing or not a string"),
+        ({"op": "publish", "channel": "", "data": "x"}, "publish channel is empty"),
+        ({"op": "publish", "channel": "c"}, "publish data is missing or not a string"),
+        ({"op": "publish", "channel": "c", "data": "\u20ac"}, "publish data has code point U+20AC"),
+        ({"op": "publish", "channel": "c", "data": "x", "exclude": "2"},
+         "publish exclude is not an integer"),
+        ({"op": "publish", "channel": "c", "data": "x", "exclude": None}, None),  # as tgate
+        ({"op": "publish", "channel": "c", "data": "x", "exclude": True},
+         "publish exclude is not an integer or null: True"),
+        ({"op": "publish", "channel": "c", "data": "x", "exclude": 1.0},
+         "publish exclude is not an integer or null"),
+        ({"op": "publish", "channel": "c", "data": "x", "raw": 1}, "publish raw is not true or"),
+        ({"op": "join", "id": 1}, "a handler may send consumed, write, close, subscribe, "
+                                  "unsubscribe, publish"),
+    ],
+)
+def test_channel_ops_are_validated(msg: dict[str, object], problem: str | None) -> None:
+    found = validate(msg)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found, found
+
+
+CHANNEL_HANDLER = """
+import json, sys
+mode = sys.argv[1]
+held = {}
+def send(msg):
+    sys.stdout.write(json.dumps(msg) + "\\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    m = json.loads(line)
+    if m["op"] == "hello" and (m.get("worker"), m.get("workers")) != (0, 1):
+        sys.exit(f"hello without worker 0 of 1: {m}")
+    if m["op"] == "connect" and mode == "good":
+        send({"op": "subscribe", "id": m["id"], "channel": "room"})
+    if m["op"] != "data":
+        continue
+    cid = m["id"]
+    buf = held.get(cid, "") + m["data"]
+    end = buf.rfind("\\n") + 1
+    held[cid] = buf[end:]
+    out = []
+    if mode == "good" and end:
+        out.append({"op": "publish", "channel": "room", "data": buf[:end], "exclude": cid})
+    elif mode == "badsub":
+        out.append({"op": "subscribe", "id": cid, "channel": ""})
+    elif mode == "ghostsub":
+        out.append({"op": "subscribe", "id": 999, "channel": "room"})
+    send(out + [{"op": "consumed", "id": cid, "n": end}])
+"""
+
+
+@pytest.fixture
+def channel_handler(tmp_path: Path) -> Path:
+    script = tmp_path / "channel_handler.py"
+    script.write_text(CHANNEL_HANDLER)
+    return script
+
+
+def test_a_malformed_subscribe_is_reported(
+    capsys: pytest.CaptureFixture[str], channel_handler: Path
+) -> None:
+    code, out = check(capsys, py(channel_handler, "badsub"), "--scenario", "one-data")
+    assert code == 1, out
+    assert row(out, "valid-lines").endswith("| FAIL"), out
+    assert "[one-data] subscribe channel is empty (in an array): " in out, out
+    assert '{"op": "subscribe", "id": 1, "channel": ""}' in out, out
+
+
+def test_a_subscribe_for_an_unknown_client_is_reported(
+    capsys: pytest.CaptureFixture[str], channel_handler: Path
+) -> None:
+    code, out = check(capsys, py(channel_handler, "ghostsub"), "--scenario", "ids-live")
+    assert code == 1, out
+    assert row(out, "ids-live").endswith("| FAIL"), out
+    assert "subscribe to channel 'room' for unknown client id 999 (never connected)" in out, out
+
+
+def test_publishing_handler_passes_and_is_seen_writing_across_clients(
+    capsys: pytest.CaptureFixture[str], channel_handler: Path
+) -> None:
+    """It also exits if hello lacks worker 0 of 1: the checker plays worker 0 of a pool of 1."""
+    code, out = check(
+        capsys, py(channel_handler, "good"), "--scenario", "many-clients", "--scenario", "ids-live"
+    )
+    assert code == 0, out
+    assert "writes across clients" in row(out, "many-clients"), out
+    assert "client writes over" in row(out, "ids-live"), out
+
+
+async def test_session_applies_channels_as_tgate_does() -> None:
+    """Subscribers get a publish (framed as a write would be) but the excluded
+    one (``"exclude": null`` excludes nobody); a client leaves its channels at
+    its disconnect."""
+    async def body(s: Session) -> None:
+        s.hello()
+        for cid in (1, 2, 3):
+            s.connect(cid)
+        s.handle_line(b'[{"op":"subscribe","id":1,"channel":"c"},'
+                      b'{"op":"subscribe","id":2,"channel":"c"},'
+                      b'{"op":"subscribe","id":2,"channel":"c"},'
+                      b'{"op":"publish","channel":"c","data":"a","exclude":2},'
+                      b'{"op":"publish","channel":"nobody","data":"lost"},'
+                      b'{"op":"publish","channel":"c","data":"b","exclude":null}]')
+        s.disconnect(1, "reset")
+        s.handle_line(b'{"op":"publish","channel":"c","data":"c","raw":true}')
+        s.handle_line(b'{"op":"unsubscribe","id":2,"channel":"c"}')
+        s.handle_line(b'{"op":"publish","channel":"c","data":"d"}')
+        s.handle_line(b'{"op":"subscribe","id":3,"channel":"' + b"x" * 257 + b'"}')  # invalid
+        s.handle_line(b'{"op":"subscribe","id":1,"channel":"c"}')  # gone: ignored
+
+    ck = Checker([sys.executable, str(LINE_ECHO)], 5.0, "line")
+    ck.begin("channels")
+    run = await ck.run("channels", body)
+    assert run.out(1) == b"a\nb\n"
+    assert run.out(2) == b"b\nc"
+    assert run.out(3) == b""
+    assert run.session is not None
+    assert run.session.channels == {}
+    assert run.session.violations == []
+    assert [e.split(":")[0] for e in run.session.line_errors] == [
+        "[channels] subscribe channel has 257 characters (at most 256)"
+    ]

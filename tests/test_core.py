@@ -92,8 +92,11 @@ def close(cid: int) -> Msg:
     return {"op": "close", "id": cid}
 
 
-def connect_msg(c: Client) -> Msg:
-    return {"op": "connect", "id": c.id, "peer": list(c.peer), "local": list(c.local)}
+def connect_msg(c: Client, replay: bool = False) -> Msg:
+    m: Msg = {"op": "connect", "id": c.id, "peer": list(c.peer), "local": list(c.local)}
+    if replay:
+        m["replay"] = True  # the client connected before this handler process started
+    return m
 
 
 def owed_ok(core: Core) -> bool:
@@ -158,6 +161,8 @@ def test_handler_started_sends_hello() -> None:
             "bufsize": 16,
             "max_bufsize": 256,
             "update_time": 0.5,
+            "worker": 0,
+            "workers": 1,
         }
     ]
 
@@ -183,7 +188,7 @@ def test_connect_before_handler_started() -> None:
     core.handler_started()
     out = msgs(core)
     assert [m["op"] for m in out] == ["hello", "connect"]
-    assert out[1] == connect_msg(c)
+    assert out[1] == connect_msg(c, replay=True)
     assert c.known
 
 
@@ -746,7 +751,7 @@ def test_eof_while_handler_down_replayed() -> None:
     core.received(c, b"xy")
     core.received_eof(c)
     core.handler_started()
-    assert msgs(core)[1:] == [connect_msg(c), data(1, b"xy", eof=True)]
+    assert msgs(core)[1:] == [connect_msg(c, replay=True), data(1, b"xy", eof=True)]
 
 
 def test_eof_ignored_once_closing() -> None:
@@ -877,10 +882,10 @@ def test_replay_after_crash() -> None:
     assert out[0]["op"] == "hello"
     # every connect first, then the data, paced through the pipe budget
     assert out[1:] == [
-        connect_msg(a),
-        connect_msg(b),
-        connect_msg(e),
-        connect_msg(quiet),
+        connect_msg(a, replay=True),
+        connect_msg(b, replay=True),
+        connect_msg(e, replay=True),
+        connect_msg(quiet, replay=True),
         data(1, b"llo you!"),  # ALL unconsumed bytes
         data(2, b"seen"),
         data(3, b"bye", eof=True),  # eof had arrived: said again
@@ -903,7 +908,7 @@ def test_replay_of_eof_already_sent() -> None:
     assert msgs(core)[-1] == data(1, b"", eof=True)
     core.handler_lost(crashed=True)
     core.handler_started()
-    assert msgs(core)[1:] == [connect_msg(c), data(1, b"ab", eof=True)]
+    assert msgs(core)[1:] == [connect_msg(c, replay=True), data(1, b"ab", eof=True)]
 
 
 def test_deliberate_restart_replays_too() -> None:
@@ -912,7 +917,7 @@ def test_deliberate_restart_replays_too() -> None:
     core.received(c, b"abc")
     core.handler_lost(crashed=False)
     core.handler_started()
-    assert msgs(core)[1:] == [connect_msg(c), data(1, b"abc")]
+    assert msgs(core)[1:] == [connect_msg(c, replay=True), data(1, b"abc")]
     assert c.strikes == 0
 
 
@@ -1050,7 +1055,7 @@ def test_hold_keeps_data_in_buffers() -> None:
     core.handler_lost(crashed=False)
     core.handler_started()  # not stopping: hold is lifted
     assert not core.hold
-    assert msgs(core)[1:] == [connect_msg(c), data(1, b"abc", eof=True)]
+    assert msgs(core)[1:] == [connect_msg(c, replay=True), data(1, b"abc", eof=True)]
 
 
 def test_hold_stops_sending_after_consumed() -> None:

@@ -506,6 +506,25 @@ def check_log_level_debug(t: Tgate) -> None:
     t.wait_for(r"DEBUG.*client \d+ connected")
 
 
+def check_workers(t: Tgate) -> None:
+    # three handler processes, and clients spread over them
+    pids = t.wait_handlers(3)
+    assert len(set(pids)) == 3
+    with t.connect() as a, t.connect() as b:
+        assert ask(a, b"hi\n") == b"hi\n"
+        assert ask(b, b"hi\n") == b"hi\n"
+
+
+def check_max_channels_per_client(t: Tgate) -> None:
+    with t.connect() as s:
+        for ch in ("a", "b"):
+            assert ask(s, f"SUB {ch}\n".encode()) == f"SUB {ch}\n".encode()
+    t.wait_for(r"--max-channels-per-client")
+
+
+POOL_HANDLER = f"{PY} {FIXTURES / 'pool_handler.py'}"
+
+
 @dataclass
 class Case:
     args: list[str] | Callable[[], list[str]]
@@ -530,6 +549,9 @@ FLAGS: dict[str, Case] = {
     "--host/--port": Case(lambda: ["--host", "127.0.0.2", "--port", str(free_port("127.0.0.2"))],
                           check_host_port),
     "--log-level": Case(["--log-level", "debug"], check_log_level_debug),
+    "--workers": Case(["--workers", "3"], check_workers, handler=POOL_HANDLER),
+    "--max-channels-per-client": Case(["--max-channels-per-client", "1"],
+                                      check_max_channels_per_client, handler=POOL_HANDLER),
 }
 
 

@@ -67,6 +67,8 @@ def test_encode_hello() -> None:
         "bufsize": 128,
         "max_bufsize": 65536,
         "update_time": 1.0,
+        "worker": 0,
+        "workers": 1,
     }
     assert type(msg["update_time"]) is float
 

@@ -42,6 +42,10 @@ export interface Hello {
   max_bufsize: number;
   /** Seconds between ticks (calls to update()). */
   update_time: number;
+  /** This process's index in the pool of workers (`tgate --workers N`): 0 to N-1. Absent from older tgate. */
+  worker?: number;
+  /** The pool's size, N. Absent from older tgate. */
+  workers?: number;
   [field: string]: unknown;
 }
 
@@ -66,6 +70,12 @@ export class Client<State = unknown> {
   /** True once close() was called or the client disconnected; write() is then ignored. */
   readonly closed: boolean;
   /**
+   * True when tgate replayed this client's `connect` (`"replay": true`) to a
+   * restarted handler process: the client was already connected to an earlier
+   * one (don't announce it again). Set before clientConnected().
+   */
+  readonly replayed: boolean;
+  /**
    * Queue bytes for this client. Ignored once the client is closed or gone. In
    * a framed mode the bytes are one frame (tgate frames them; an empty write is
    * an empty frame).
@@ -75,8 +85,26 @@ export class Client<State = unknown> {
   writeRaw(data: Bytes): void;
   /** Close the client once its queued writes are sent (a `disconnect` with reason `closed` follows). */
   close(): void;
+  /**
+   * Add the client to a channel (a non-empty string; created on first use).
+   * Channels live in tgate, across every worker process: whichever worker
+   * publishes to the channel reaches this client. Subscribing twice is the
+   * same as once; tgate drops the client from its channels when it
+   * disconnects. Ignored once the client is closed or gone.
+   */
+  subscribe(channel: string): void;
+  /** Remove the client from a channel. Ignored once the client is closed or gone. */
+  unsubscribe(channel: string): void;
   /** `client 3 (127.0.0.1:40312)` */
   toString(): string;
+}
+
+/** Options of ServerLoop.publish(). */
+export interface PublishOptions<State = unknown> {
+  /** A client (or client id) that does not get the bytes, e.g. their author. */
+  exclude?: Client<State> | number | null;
+  /** Framed modes: send the bytes unframed (`"raw": true`). Meaningless in raw mode. */
+  raw?: boolean;
 }
 
 /** Names of the handler code hooks, as passed to onError(). */
@@ -90,7 +118,11 @@ export type HookName =
 
 /** The hooks; any subset may be passed to the ServerLoop constructor. */
 export interface Hooks<State = unknown> {
-  /** A client connected (it is already in `clients`). The return value becomes client.data. Throwing closes the client. */
+  /**
+   * A client connected (it is already in `clients`). The return value becomes
+   * client.data. Throwing closes the client. client.replayed is true when its
+   * connect was replayed to a restarted handler process.
+   */
   clientConnected?(this: ServerLoop<State>, client: Client<State>): State;
   /**
    * Handle the front of `buf`, ALL of this client's unconsumed bytes, and return
@@ -148,9 +180,9 @@ export interface RunOptions {
  * hooks, or pass them to the constructor.
  *
  * Every `data` message gets exactly one `consumed` reply, in one line (a JSON
- * array) with the writes, broadcasts and closes produced while handling it, so
- * that tgate applies them atomically. All the output of one stdin chunk goes
- * out in one stdout write.
+ * array) with the writes, broadcasts, closes, subscribes and publishes
+ * produced while handling it, so that tgate applies them atomically. All the
+ * output of one stdin chunk goes out in one stdout write.
  *
  * In a framed mode (`framing` is not 'raw') tgate sends `frame` and `eof`
  * messages instead of `data`: override processFrame() (and, if needed,
@@ -169,6 +201,14 @@ export class ServerLoop<State = unknown> {
   readonly hello: Hello | null;
   /** The framing mode from `hello` ('raw' until then). */
   readonly framing: Framing;
+  /** This process's index in tgate's pool of workers, 0 to workers - 1 (0 until `hello` says). */
+  readonly worker: number;
+  /**
+   * How many worker processes tgate runs for this handler (1 until `hello`
+   * says). With more than one, `clients` holds only this process's clients:
+   * reach the others through channels.
+   */
+  readonly workers: number;
 
   clientConnected(client: Client<State>): State;
   processClientData(client: Client<State>, buf: Buffer): number;
@@ -191,6 +231,15 @@ export class ServerLoop<State = unknown> {
   ): void;
 
   /**
+   * Send the bytes to every client subscribed to `channel` (see
+   * Client.subscribe()), whichever worker process serves it, except
+   * `options.exclude`. tgate sends them as a write to each would: in a framed
+   * mode they are one frame to each client, or sent unframed with
+   * `{ raw: true }`. A channel nobody is subscribed to swallows them.
+   */
+  publish(channel: string, data: Bytes, options?: PublishOptions<State>): void;
+
+  /**
    * Serve until stdin ends. Resolves once all output is flushed; rejects if
    * stdin or stdout fails (e.g. EPIPE when tgate is gone).
    *
@@ -207,4 +256,6 @@ export class ServerLoop<State = unknown> {
   _write(client: Client<State>, data: Bytes, raw?: boolean): void;
   /** @internal */
   _close(client: Client<State>): void;
+  /** @internal */
+  _channel(client: Client<State>, op: 'subscribe' | 'unsubscribe', channel: string): void;
 }

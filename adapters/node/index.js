@@ -6,8 +6,9 @@
 // module keeps a mirror of every client's unconsumed bytes, calls your
 // processClientData(client, buf) in a loop, and answers on stdout with one
 // `consumed` per `data`, in the same line (a JSON array) as the writes,
-// broadcasts and closes your code produced while handling it, so tgate applies
-// them atomically (exact replay across handler restarts).
+// broadcasts, closes, subscribes and publishes your code produced while
+// handling it, in order, so tgate applies them atomically (exact replay across
+// handler restarts).
 //
 //   import { ServerLoop } from 'tgate-handler';
 //   class Echo extends ServerLoop {
@@ -26,6 +27,16 @@
 //   class LineEcho extends ServerLoop {
 //     processFrame(client, frame) { client.write(frame); }
 //   }
+//
+// Workers and channels (tgate --workers N): tgate may run N processes of the
+// same handler, each serving its own share of the clients; this.worker is this
+// process's index (0 to N-1) and this.workers is N (0 and 1 when tgate does not
+// say), and this.clients holds this process's clients only. Channels live in
+// tgate and span every worker: client.subscribe('room'), client.unsubscribe(
+// 'room') (tgate also drops a client from its channels when it disconnects),
+// and this.publish('room', data, { exclude: client }) sends the bytes to every
+// subscribed client, whichever worker serves it, but `exclude` (a Client or an
+// id). Any worker may also write to or close any live client id.
 //
 // A handler whose hooks cannot serve the framing tgate announces in `hello`
 // (processFrame but no processClientData while tgate runs in raw mode, or the
@@ -98,11 +109,30 @@ function serialize(cmd) {
       if (cmd.raw) obj.raw = true;
       return JSON.stringify(obj);
     }
+    case 'publish': {
+      const data = cmd.parts.length === 1 ? cmd.parts[0] : cmd.parts.join('');
+      const obj = { op: 'publish', channel: cmd.channel, data };
+      if (cmd.exclude !== undefined) obj.exclude = cmd.exclude;
+      if (cmd.raw) obj.raw = true;
+      return JSON.stringify(obj);
+    }
     case 'consumed':
       return `{"op":"consumed","id":${cmd.id},"n":${cmd.n}}`;
+    case 'subscribe':
+    case 'unsubscribe':
+      return JSON.stringify({ op: cmd.op, id: cmd.id, channel: cmd.channel });
     default:
       return JSON.stringify({ op: cmd.op, id: cmd.id });
   }
+}
+
+/** A channel name, checked: a non-empty string. */
+function checkChannel(channel, what) {
+  if (typeof channel !== 'string') {
+    throw new TypeError(`${what}: the channel must be a string, not ${inspect(channel, { depth: 0 })}`);
+  }
+  if (channel.length === 0) throw new RangeError(`${what}: the channel cannot be empty`);
+  return channel;
 }
 
 /** A payload (latin-1 string) framed as tgate frames it; null if it cannot be. */
@@ -142,7 +172,7 @@ function redirectConsole(stream) {
 
 /** One TCP client, as tgate describes it. Created by the loop on `connect`. */
 export class Client {
-  constructor(loop, id, peer, local) {
+  constructor(loop, id, peer, local, replayed = false) {
     /** Positive integer, never reused while tgate runs. */
     this.id = id;
     /** [host, port] of the remote end. */
@@ -160,6 +190,12 @@ export class Client {
     this.reason = undefined;
     /** True once close() was called or the client disconnected: writes are ignored. */
     this.closed = false;
+    /**
+     * True when tgate replayed this client's `connect` (`"replay": true`) to a
+     * restarted handler process: the client was already connected to an
+     * earlier one. Set before clientConnected().
+     */
+    this.replayed = replayed;
     Object.defineProperty(this, LOOP, { value: loop });
     Object.defineProperty(this, MIRROR, { value: EMPTY, writable: true });
   }
@@ -182,6 +218,21 @@ export class Client {
     this[LOOP]._close(this);
   }
 
+  /**
+   * Add this client to `channel` (a non-empty string; created on first use).
+   * Channels live in tgate, across every worker process: whichever worker
+   * publishes to it reaches this client. Subscribing twice is the same as once;
+   * tgate drops the client from its channels when it disconnects.
+   */
+  subscribe(channel) {
+    this[LOOP]._channel(this, 'subscribe', channel);
+  }
+
+  /** Remove this client from `channel`. */
+  unsubscribe(channel) {
+    this[LOOP]._channel(this, 'unsubscribe', channel);
+  }
+
   toString() {
     return `client ${this.id} (${peerString(this.peer)})`;
   }
@@ -194,6 +245,10 @@ export class ServerLoop {
   hello = null;
   /** The framing mode `hello` announced: 'raw' (the default), 'line', 'crlf', 'packet2', ... */
   framing = 'raw';
+  /** This process's index in tgate's pool of workers (0 to workers - 1; 0 until `hello` says). */
+  worker = 0;
+  /** How many worker processes tgate runs for this handler (1 until `hello` says). */
+  workers = 1;
 
   #pending = []; // commands not yet in a line: {op, id, ids, parts, n}
   #lines = []; // serialized lines of this turn
@@ -226,7 +281,11 @@ export class ServerLoop {
 
   // ---- hooks: override these --------------------------------------------
 
-  /** A client connected. The return value becomes client.data. */
+  /**
+   * A client connected. The return value becomes client.data. client.replayed
+   * is true when the client is not new (its connect was replayed to this
+   * restarted process): don't announce it again.
+   */
   clientConnected(client) {
     return undefined;
   }
@@ -304,6 +363,55 @@ export class ServerLoop {
     }
     if (seen.size === 0) return;
     this.#queueWrite({ op: 'write', ids: [...seen] }, s, raw);
+  }
+
+  /**
+   * Send the bytes to every client subscribed to `channel` (see
+   * client.subscribe()), whichever worker serves it, except `exclude` (a Client
+   * or an id). tgate sends them as a write to each would (a string as UTF-8;
+   * in a framed mode one frame to each, or unframed with `{ raw: true }`). A
+   * channel nobody is subscribed to swallows them.
+   */
+  publish(channel, data, { exclude = undefined, raw = false } = {}) {
+    checkChannel(channel, 'publish');
+    let skip;
+    if (exclude instanceof Client) skip = exclude.id;
+    else if (Number.isInteger(exclude)) skip = exclude;
+    else if (exclude != null) {
+      throw new TypeError(`publish: exclude must be a Client or an id, not ${inspect(exclude, { depth: 0 })}`);
+    }
+    const s = toWire(data);
+    const framed = this.framing !== 'raw';
+    const coalesce = !framed || raw; // plain bytes, not a frame
+    if (coalesce && s.length === 0) return; // an empty frame means something; empty bytes do not
+    // Consecutive publishes of plain bytes to the same channel and exclude are
+    // coalesced, as writes are.
+    const last = this.#pending[this.#pending.length - 1];
+    if (
+      coalesce &&
+      last &&
+      last.op === 'publish' &&
+      last.coalesce &&
+      last.channel === channel &&
+      last.exclude === skip
+    ) {
+      last.parts.push(s);
+      this.#schedule();
+      return;
+    }
+    const cmd = { op: 'publish', channel, parts: [s], coalesce };
+    if (skip !== undefined) cmd.exclude = skip;
+    if (framed && raw) cmd.raw = true;
+    this.#pending.push(cmd);
+    this.#schedule();
+  }
+
+  /** @internal use client.subscribe() or client.unsubscribe() */
+  _channel(client, op, channel) {
+    checkChannel(channel, op);
+    if (client.closed || client[LOOP] !== this) return;
+    this.#pending.push({ op, id: client.id, channel });
+    this.#schedule();
   }
 
   /** @internal use client.write() or client.writeRaw() */
@@ -547,6 +655,8 @@ export class ServerLoop {
         if (this.hello === null) {
           this.hello = m;
           if (typeof m.framing === 'string') this.framing = m.framing;
+          if (Number.isInteger(m.workers) && m.workers >= 1) this.workers = m.workers;
+          if (Number.isInteger(m.worker) && m.worker >= 0 && m.worker < this.workers) this.worker = m.worker;
           this.#checkFraming();
         }
         return;
@@ -585,7 +695,8 @@ export class ServerLoop {
 
   #onConnect(m) {
     if (typeof m.id !== 'number' || this.clients.has(m.id)) return;
-    const client = new Client(this, m.id, m.peer, m.local);
+    // Only a real true counts: the field is absent on a first connect.
+    const client = new Client(this, m.id, m.peer, m.local, m.replay === true);
     this.clients.set(m.id, client);
     this.#guard(client, 'clientConnected', () => {
       client.data = this.clientConnected(client);
@@ -771,7 +882,7 @@ export class ServerLoop {
     for (let cmd of cmds) {
       const s = serialize(cmd);
       const b = Buffer.byteLength(s);
-      if (b <= max || cmd.op !== 'write') {
+      if (b <= max || (cmd.op !== 'write' && cmd.op !== 'publish')) {
         items.push([s, b]);
         continue;
       }

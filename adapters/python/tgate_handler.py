@@ -1,7 +1,7 @@
 """Python adapter for tgate handlers: Haxe's ``neko.net.ServerLoop`` over tgate's pipe.
 
-tgate holds the TCP sockets and talks to ONE handler process over its stdin and
-stdout (protocol v1, ``docs/protocol.md``). This single stdlib-only file (it
+tgate holds the TCP sockets and talks to each handler process over its stdin
+and stdout (protocol v1, ``docs/protocol.md``). This single stdlib-only file (it
 uses ``orjson`` when installed) speaks that protocol for you: subclass
 :class:`ServerLoop`, override the callbacks you need and call :meth:`ServerLoop.run`::
 
@@ -24,6 +24,9 @@ the thread calling ``run``):
 ``client_connected(client)``
     A client connected. Its return value becomes ``client.data`` (per-client
     state, ServerLoop's ``newData``). An exception closes that client.
+    ``client.replayed`` is true when the client is not new: tgate replays a
+    ``connect`` for each live client to a restarted handler process (don't
+    announce it again; rebuild what the process needs to know about it).
 ``process_client_data(client, buf)``
     ``buf`` holds ALL the bytes of that client not consumed yet. Return how many
     bytes from the front you handled (``0`` = incomplete message, wait for more).
@@ -75,20 +78,34 @@ the thread calling ``run``):
     stderr.
 
 Inside callbacks, ``client.write(data)`` (bytes-like, or ``str`` sent as UTF-8),
-``client.close()`` (pending writes are flushed first by tgate) and
-``self.broadcast(clients, data)`` queue commands. All the commands produced while
-handling one message from tgate go out in ONE line, together with the
-``consumed`` reply when the message was ``data``, so tgate applies them
-atomically (this is what makes handler restarts exact). Writes and closes for a
-client that is closed or gone are silently ignored. Commands may only be issued
-from callbacks: the adapter is not thread-safe.
+``client.close()`` (pending writes are flushed first by tgate),
+``self.broadcast(clients, data)``, ``client.subscribe(channel)``,
+``client.unsubscribe(channel)`` and ``self.publish(channel, data, exclude=None)``
+queue commands. All the commands produced while handling one message from tgate
+go out in ONE line, in the order they were issued (closes last), together with
+the ``consumed`` reply when the message was ``data``, so tgate applies them
+atomically (this is what makes handler restarts exact, and a ``publish`` in
+answer to a client's bytes is then never lost or repeated). Writes, closes and
+subscriptions for a client that is closed or gone are silently ignored. Commands
+may only be issued from callbacks: the adapter is not thread-safe.
+
+Workers and channels (``tgate --workers N``): tgate may run N processes of the
+same handler, each serving its own share of the clients; ``self.worker`` is this
+process's index (0 to N-1) and ``self.workers`` is N (0 and 1 when tgate does not
+say). A handler process then does NOT see every client: ``self.clients`` holds
+only its own. Channels live in tgate and span every worker:
+``client.subscribe("room")`` adds a client to a channel, ``client.unsubscribe``
+removes it (tgate also removes it when it disconnects), and
+``self.publish("room", data, exclude=client)`` sends the bytes to every client
+subscribed to it, whichever worker serves them, except ``exclude`` (a
+``Client`` or an id). Any worker may also write to or close any live client id.
 
 In a framed mode each ``client.write(data)`` (and each ``broadcast``) is ONE
 frame: tgate frames it (in ``line`` mode it appends the newline, so write
 ``b"hello"``, not ``b"hello\n"``), and an empty write is an empty frame.
-``client.write_raw(data)`` (or ``broadcast(..., raw=True)``) sends bytes as they
-are, unframed (a prompt without a newline, say). In raw mode both are plain
-writes.
+``client.write_raw(data)`` (or ``broadcast(..., raw=True)``, ``publish(...,
+raw=True)``) sends bytes as they are, unframed (a prompt without a newline, say).
+In raw mode both are plain writes.
 
 stdout carries the protocol and nothing else. ``print()`` output must go to
 stderr (``print(..., file=sys.stderr)``); tgate relays stderr to its own,
@@ -125,7 +142,7 @@ __all__ = ["PROTOCOL_VERSION", "Client", "Data", "ServerLoop"]
 
 PROTOCOL_VERSION = 1
 
-#: What ``Client.write`` and ``ServerLoop.broadcast`` accept.
+#: What ``Client.write``, ``ServerLoop.broadcast`` and ``ServerLoop.publish`` accept.
 Data: TypeAlias = bytes | bytearray | memoryview | str
 
 _READ_SIZE = 1 << 18
@@ -167,6 +184,43 @@ def _to_wire(data: Data) -> str:
     raise TypeError(f"expected bytes, bytearray, memoryview or str, not {type(data).__name__}")
 
 
+def _check_channel(channel: object) -> str:
+    if not isinstance(channel, str):
+        raise TypeError(f"a channel name is a str, not {type(channel).__name__}")
+    if not channel:
+        raise ValueError("a channel name cannot be empty")
+    return channel
+
+
+class _Publish:
+    """A ``publish`` of the current turn; consecutive ones of plain bytes to
+    the same channel and exclude are coalesced, as writes are."""
+
+    __slots__ = ("channel", "exclude", "joinable", "parts", "raw")
+
+    def __init__(
+        self, channel: str, exclude: int | None, wire: str, raw: bool, joinable: bool
+    ) -> None:
+        self.channel = channel
+        self.exclude = exclude
+        self.parts = [wire]
+        self.raw = raw
+        self.joinable = joinable
+
+    def message(self) -> dict[str, Any]:
+        parts = self.parts
+        obj: dict[str, Any] = {
+            "op": "publish",
+            "channel": self.channel,
+            "data": parts[0] if len(parts) == 1 else "".join(parts),
+        }
+        if self.exclude is not None:
+            obj["exclude"] = self.exclude
+        if self.raw:
+            obj["raw"] = True
+        return obj
+
+
 def _addr(value: object) -> tuple[str, int]:
     if isinstance(value, list | tuple) and len(value) == 2:
         host, port = value
@@ -182,11 +236,24 @@ class Client:
     (``(host, port)``), ``data`` (what ``client_connected`` returned), ``eof``
     (the client half-closed: the bytes being processed are its last; in framed
     modes, set before ``client_eof``), ``reason``
-    (the disconnect reason, once gone) and ``closed`` (closed by the handler or
-    gone: writes are ignored).
+    (the disconnect reason, once gone), ``closed`` (closed by the handler or
+    gone: writes are ignored) and ``replayed`` (tgate replayed this client's
+    ``connect`` to a restarted handler process: the client was already connected
+    to an earlier one; set before ``client_connected``).
     """
 
-    __slots__ = ("_buf", "_loop", "closed", "data", "eof", "id", "local", "peer", "reason")
+    __slots__ = (
+        "_buf",
+        "_loop",
+        "closed",
+        "data",
+        "eof",
+        "id",
+        "local",
+        "peer",
+        "reason",
+        "replayed",
+    )
 
     def __init__(
         self,
@@ -194,12 +261,14 @@ class Client:
         id: int,
         peer: tuple[str, int] = ("", 0),
         local: tuple[str, int] = ("", 0),
+        replayed: bool = False,
     ) -> None:
         self._loop = loop
         self._buf = b""  # mirror of the bytes tgate holds unconsumed for this client
         self.id = id
         self.peer = peer
         self.local = local
+        self.replayed = replayed
         self.data: Any = None
         self.eof = False
         self.reason: str | None = None
@@ -227,6 +296,25 @@ class Client:
         self.closed = True
         self._loop._closes.append(self.id)
 
+    def subscribe(self, channel: str) -> None:
+        """Add this client to ``channel``, a non-empty ``str`` (created on first use).
+
+        Channels live in tgate, across every worker process: whichever worker
+        calls :meth:`ServerLoop.publish` on it reaches this client. Subscribing
+        twice is the same as once; tgate removes the client from its channels
+        when it disconnects."""
+        _check_channel(channel)
+        if self.closed:
+            return
+        self._loop._writes.append({"op": "subscribe", "id": self.id, "channel": channel})
+
+    def unsubscribe(self, channel: str) -> None:
+        """Remove this client from ``channel``."""
+        _check_channel(channel)
+        if self.closed:
+            return
+        self._loop._writes.append({"op": "unsubscribe", "id": self.id, "channel": channel})
+
     def __repr__(self) -> str:
         return f"<Client {self.id} peer={self.peer[0]}:{self.peer[1]}>"
 
@@ -235,19 +323,26 @@ class ServerLoop:
     """The handler: subclass it and override the callbacks (see the module docstring).
 
     ``clients`` maps ids to the connected clients (including the ones the handler
-    closed, until tgate reports them gone). ``hello`` is tgate's ``hello``
-    message (``bufsize``, ``max_bufsize``, ``update_time``, ...) and ``framing``
-    its framing mode (``"raw"`` until ``hello`` says otherwise). A subclass
-    defining ``__init__`` must call ``super().__init__()``.
+    closed, until tgate reports them gone): with several workers, only this
+    process's share of them. ``hello`` is tgate's ``hello`` message
+    (``bufsize``, ``max_bufsize``, ``update_time``, ...), ``framing`` its framing
+    mode (``"raw"`` until ``hello`` says otherwise), ``worker`` this process's
+    index in tgate's pool of workers and ``workers`` the pool's size (``0`` and
+    ``1`` until ``hello`` says otherwise). A subclass defining ``__init__``
+    must call ``super().__init__()``.
     """
 
     def __init__(self) -> None:
         self.clients: dict[int, Client] = {}
         self.hello: dict[str, Any] = {}
         self.framing = "raw"
-        # Commands of the current turn: (id or list of ids, parts of the data,
-        # raw: sent unframed in a framed mode). In raw mode every write is raw.
-        self._writes: list[tuple[int | list[int], list[str], bool]] = []
+        self.worker = 0
+        self.workers = 1
+        # Commands of the current turn but closes, in order: a write is (id or
+        # list of ids, parts of the data, raw: sent unframed in a framed mode;
+        # in raw mode every write is raw), a publish a _Publish, any other
+        # command (subscribe, unsubscribe) its message.
+        self._writes: list[tuple[int | list[int], list[str], bool] | _Publish | dict[str, Any]] = []
         self._closes: list[int] = []
         self._lines: list[bytes] = []  # finished output lines of the current input chunk
 
@@ -324,6 +419,44 @@ class ServerLoop:
         if ids:
             self._queue_write(ids, wire, raw)
 
+    def publish(
+        self, channel: str, data: Data, exclude: Client | int | None = None, raw: bool = False
+    ) -> None:
+        """Send the bytes to every client subscribed to ``channel`` (see
+        :meth:`Client.subscribe`), whichever worker serves it, except ``exclude``
+        (a ``Client`` or an id).
+
+        tgate sends them as a ``write`` to each would (a ``str`` is encoded as
+        UTF-8; in a framed mode the bytes are one frame to each, or unframed
+        with ``raw=True``). A channel nobody is subscribed to swallows them.
+        """
+        _check_channel(channel)
+        if isinstance(exclude, Client):
+            skip: int | None = exclude.id
+        elif exclude is None or _is_int(exclude):
+            skip = exclude
+        else:
+            raise TypeError(f"exclude is a Client, an id or None, not {type(exclude).__name__}")
+        wire = _to_wire(data)
+        framed = self.framing != "raw"
+        if not framed:
+            raw = False  # every write is raw: no need to say so
+        if (raw or not framed) and not wire:
+            return  # an empty frame means something; empty bytes do not
+        joinable = raw or not framed  # plain bytes, not a frame
+        writes = self._writes
+        last = writes[-1] if writes else None
+        if (
+            joinable
+            and isinstance(last, _Publish)
+            and last.joinable
+            and last.channel == channel
+            and last.exclude == skip
+        ):
+            last.parts.append(wire)
+        else:
+            writes.append(_Publish(channel, skip, wire, raw, joinable))
+
     def _queue_write(self, target: int | list[int], wire: str, raw: bool) -> None:
         framed = self.framing != "raw"
         if not framed:
@@ -335,8 +468,9 @@ class ServerLoop:
         writes = self._writes
         # Coalesce consecutive writes of plain bytes to the same target; a
         # frame is a write of its own.
-        if raw and writes and writes[-1][2] and writes[-1][0] == target:
-            writes[-1][1].append(wire)
+        last = writes[-1] if writes else None
+        if raw and isinstance(last, tuple) and last[2] and last[0] == target:
+            last[1].append(wire)
         else:
             writes.append((target, [wire], raw))
 
@@ -426,7 +560,8 @@ class ServerLoop:
         # Unknown ops are ignored (forward compatibility).
 
     def _end_turn(self, consumed: tuple[int, int] | None) -> None:
-        """Emit the turn's commands as one line: writes, the consumed, then closes.
+        """Emit the turn's commands as one line: writes (and the other
+        commands, in order), the consumed, then closes.
 
         Closes go last so the ``consumed`` never follows a ``close`` of its
         client; as writes to closed clients are dropped at the source, moving
@@ -434,7 +569,14 @@ class ServerLoop:
         """
         objs: list[dict[str, Any]] = []
         framed = self.framing != "raw"
-        for target, parts, raw in self._writes:
+        for item in self._writes:
+            if isinstance(item, dict):
+                objs.append(item)
+                continue
+            if isinstance(item, _Publish):
+                objs.append(item.message())
+                continue
+            target, parts, raw = item
             data = parts[0] if len(parts) == 1 else "".join(parts)
             obj: dict[str, Any] = (
                 {"op": "write", "id": target, "data": data}
@@ -458,7 +600,8 @@ class ServerLoop:
             self._split_turn(objs)
 
     def _split_turn(self, objs: list[dict[str, Any]]) -> None:
-        """A turn too big for one line: its writes go first, in pieces, then the rest.
+        """A turn too big for one line: its commands go first, one line each (a
+        write or publish in pieces), in order, then the consumed and the closes.
 
         Atomicity is lost (a crash in between would replay bytes whose answer
         was partly sent), but a line over tgate's limit would be dropped whole,
@@ -470,8 +613,11 @@ class ServerLoop:
         step = max(1, (_MAX_LINE - 4096) // 6)
         framed = self.framing != "raw"
         for obj in objs:
-            if obj["op"] != "write":
+            if obj["op"] in ("consumed", "close"):
                 rest.append(obj)
+                continue
+            if obj["op"] not in ("write", "publish"):  # subscribe, unsubscribe
+                self._lines.append(_dumps(obj) + b"\n")
                 continue
             text: str = obj["data"]
             if framed and not obj.get("raw"):
@@ -643,7 +789,10 @@ class ServerLoop:
         if cid in self.clients:
             _log(f"ignoring a second connect for client {cid}")
             return
-        client = Client(self, cid, _addr(msg.get("peer")), _addr(msg.get("local")))
+        # "replay": true marks a connect replayed to a restarted process (only
+        # a real true counts: the field is absent on a first connect).
+        replayed = msg.get("replay") is True
+        client = Client(self, cid, _addr(msg.get("peer")), _addr(msg.get("local")), replayed)
         self.clients[cid] = client
         try:
             client.data = self.client_connected(client)
@@ -681,6 +830,9 @@ class ServerLoop:
         self.hello = msg
         framing = msg.get("framing", "raw")
         self.framing = framing if isinstance(framing, str) else "raw"
+        worker, workers = msg.get("worker"), msg.get("workers")
+        self.workers = workers if _is_int(workers) and workers >= 1 else 1
+        self.worker = worker if _is_int(worker) and 0 <= worker < self.workers else 0
         self._check_framing()
         # A new session: forget every client (tgate replays the live ones).
         old = list(self.clients.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import resource
 import shlex
 import signal
@@ -16,7 +17,12 @@ import trio
 
 from . import __version__, logs
 from .buffer import DEFAULT_BUFSIZE, MAX_BUFSIZE
-from .core import DEFAULT_MAX_OUTPUT, DEFAULT_QUARANTINE_AFTER, Settings
+from .core import (
+    DEFAULT_MAX_CHANNELS_PER_CLIENT,
+    DEFAULT_MAX_OUTPUT,
+    DEFAULT_QUARANTINE_AFTER,
+    Settings,
+)
 from .framing import FRAMINGS
 from .server import DEFAULT_LISTEN_COUNT, DEFAULT_MAX_CLIENTS, Gateway, ListenError, Options
 from .supervisor import HandlerStartError
@@ -56,6 +62,20 @@ def _float_from(low: float, inclusive: bool, what: str) -> Callable[[str], float
 
 
 _port = _int_in(0, 65535, "0-65535")
+#: More workers than this is a typo, not a deployment.
+MAX_WORKERS = 1024
+
+
+def _workers(text: str) -> int:
+    """A count of workers, or 'auto': one per CPU this process may use."""
+    if text == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):
+            return max(1, os.cpu_count() or 1)
+    return _int_in(1, MAX_WORKERS, f"1-{MAX_WORKERS} or auto")(text)
+
+
 _positive_int = _int_in(1, None, "an integer > 0")
 _nonneg_int = _int_in(0, None, "an integer >= 0")
 _positive_float = _float_from(0.0, False, "a number > 0")
@@ -126,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", type=_nonneg_float, default=0.0,
                    help="disconnect clients that sent nothing for this many seconds "
                    "(reason idle; 0: never)")
+    p.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
+                   help="handler processes running the same command; each client is served by "
+                   "one of them for life (auto: one per CPU)")
+    p.add_argument("--max-channels-per-client", type=_positive_int,
+                   default=DEFAULT_MAX_CHANNELS_PER_CLIENT,
+                   help="a subscribe past this many channels for one client is refused")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"), help="log verbosity")
     return p
@@ -211,6 +237,8 @@ def _main(argv: list[str] | None) -> int:
             max_output=args.max_output,
             quarantine_after=args.quarantine_after,
             framing=args.framing,
+            workers=args.workers,
+            max_channels_per_client=args.max_channels_per_client,
         )
     except ValueError as exc:
         _say(f"tgate: error: {exc}")

@@ -175,7 +175,7 @@ class ClientIO:
             # Backpressure: stop watching its input until the core lets us
             # read again (_service, _wake_parked resume it).
             self._reading(conn, False)
-            if core.pipe_full:
+            if core.worker_full(c):
                 self.parked.add(conn)
             return
         room = c.buffer.room()
@@ -265,7 +265,7 @@ class ClientIO:
         elif conn.reading and not conn.interest & READ:
             if self.core.can_read(c):
                 self._reading(conn, True)
-            elif self.core.pipe_full:
+            elif self.core.worker_full(c):
                 self.parked.add(conn)
 
     def finish(self, conn: Conn, reason: str) -> None:

@@ -21,111 +21,48 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from . import __version__
-from .buffer import DEFAULT_BUFSIZE, MAX_BUFSIZE, ClientBuffer
+from .channels import Channels
 from .framing import FrameError, Framer, FrameTooLarge, framer_class
 from .lines import LineSplitter
 from .protocol import (
     MAX_HANDLER_LINE,
     TICK,
-    Close,
-    Consumed,
-    HandlerError,
-    Invalid,
-    Write,
     encode_connect,
     encode_data,
     encode_disconnect,
     encode_eof,
     encode_frame,
     encode_hello,
-    parse_line,
-    quote,
 )
 from .quarantine import Quarantine
+from .replies import Replies
+from .state import (
+    DEFAULT_MAX_CHANNELS_PER_CLIENT,
+    DEFAULT_MAX_OUTPUT,
+    DEFAULT_QUARANTINE_AFTER,
+    PIPE_HIGH_WATER,
+    Client,
+    Settings,
+    Worker,
+)
+
+__all__ = [
+    "DEFAULT_MAX_CHANNELS_PER_CLIENT",
+    "DEFAULT_MAX_OUTPUT",
+    "DEFAULT_QUARANTINE_AFTER",
+    "PIPE_HIGH_WATER",
+    "Client",
+    "Core",
+    "Settings",
+    "Worker",
+]
 
 log = logging.getLogger("tgate")
 
-DEFAULT_MAX_OUTPUT = 1 << 20
-DEFAULT_QUARANTINE_AFTER = 3
-#: The byte budget for everything queued for the handler's stdin: reading
-#: clients, accepting and forwarding stop while this much is queued.
-PIPE_HIGH_WATER = 4 << 20
-#: At most this many client ids are named in one "write dropped" log line.
-_IDS_LOGGED = 5
 
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    bufsize: int = DEFAULT_BUFSIZE
-    max_bufsize: int = MAX_BUFSIZE
-    update_time: float = 1.0
-    #: per-client queued output: reading pauses above half of it, and the
-    #: client is disconnected ("slow") when more stays queued after a send
-    max_output: int = DEFAULT_MAX_OUTPUT
-    #: disconnect a client whose bytes alone crashed this many handlers in a
-    #: row (0: never; see quarantine.py)
-    quarantine_after: int = DEFAULT_QUARANTINE_AFTER
-    framing: str = "raw"
-
-    def __post_init__(self) -> None:
-        if not 0 < self.bufsize <= self.max_bufsize:
-            raise ValueError("need 0 < bufsize <= max_bufsize")
-        if self.max_output <= 0 or self.update_time <= 0:
-            raise ValueError("max_output and update_time must be positive")
-        if self.quarantine_after < 0:
-            raise ValueError("quarantine_after must be >= 0")
-        framer_class(self.framing)  # ValueError if unknown
-
-
-class Client:
-    """One connected client as the core sees it."""
-
-    __slots__ = (
-        "buffer", "closing", "frame_gen", "framer", "id", "io", "known", "local", "out", "peer",
-        "queued", "sent_at", "strikes", "suspect",
-    )
-
-    def __init__(
-        self,
-        cid: int,
-        peer: tuple[str, int],
-        local: tuple[str, int],
-        settings: Settings,
-        framer: Framer | None = None,
-    ) -> None:
-        self.id = cid
-        self.peer = peer
-        self.local = local
-        self.buffer = ClientBuffer(settings.bufsize, settings.max_bufsize)
-        #: output queued for the socket
-        self.out = bytearray()
-        #: why the client is being closed (once its output is flushed), or None
-        self.closing: str | None = None
-        #: the current handler process has been told about this client
-        self.known = False
-        #: handler crashes its bytes alone were in flight at, since its last reply
-        self.strikes = 0
-        #: in flight with others at a crash: held until tried alone
-        self.suspect = False
-        #: waiting in the backlog for room in the handler's byte budget
-        self.queued = False
-        #: the I/O shell's per-connection object
-        self.io: object = None
-        #: framed modes: the splitter, and the handler output generation at
-        #: which a frame was last sent (in flight if no output came since)
-        self.framer = framer
-        self.frame_gen = -1
-        #: raw mode: when the data message awaiting its reply was sent
-        self.sent_at = 0.0
-
-    def __repr__(self) -> str:
-        return f"<client {self.id} {self.peer[0]}:{self.peer[1]}>"
-
-
-class Core:
+class Core(Replies):
     def __init__(
         self, settings: Settings | None = None, clock: Callable[[], float] = time.monotonic
     ) -> None:
@@ -133,41 +70,74 @@ class Core:
         self.clock = clock
         self.clients: dict[int, Client] = {}
         self._next_id = 1
-        #: what the handler's stdin has still to receive
-        self.outbox = bytearray()
-        #: bytes taken from the outbox that the handler's stdin has not accepted yet
-        self.pipe_pending = 0
-        #: clients with bytes to forward once the budget has room, in order
-        self.backlog: deque[Client] = deque()
+        self.workers = [Worker(i, self.settings.quarantine_after)
+                        for i in range(self.settings.workers)]
         #: clients whose output, close state or readability changed
         self.touched: set[Client] = set()
-        self.handler_up = False
-        #: clients with a data message awaiting its consumed reply
-        self.owed = 0
         #: stop reading clients (shutdown)
         self.stopping = False
-        #: keep client bytes in their buffers instead of sending them (the
-        #: handler is being replaced or the gateway is stopping)
-        self.hold = False
-        self.quarantine = Quarantine(self.settings.quarantine_after)
-        self._lines = LineSplitter(MAX_HANDLER_LINE)
+        self.channels = Channels(self.settings.max_channels_per_client)
         self._out_high = max(1, self.settings.max_output // 2)
         self._framer_cls = framer_class(self.settings.framing)
-        #: counts chunks of handler output (framed modes: what is in flight)
-        self._output_gen = 0
+
+    # The single-worker view (worker 0), for a pool of one and for tests.
+
+    @property
+    def outbox(self) -> bytearray:
+        return self.workers[0].outbox
+
+    @outbox.setter
+    def outbox(self, value: bytearray) -> None:
+        self.workers[0].outbox = value
+
+    @property
+    def pipe_pending(self) -> int:
+        return self.workers[0].pipe_pending
+
+    @pipe_pending.setter
+    def pipe_pending(self, value: int) -> None:
+        self.workers[0].pipe_pending = value
+
+    @property
+    def backlog(self) -> deque[Client]:
+        return self.workers[0].backlog
+
+    @property
+    def quarantine(self) -> Quarantine:
+        return self.workers[0].quarantine
+
+    @property
+    def handler_up(self) -> bool:
+        """Some handler process is up."""
+        return any(w.up for w in self.workers)
+
+    @property
+    def owed(self) -> int:
+        return sum(w.owed for w in self.workers)
+
+    @property
+    def hold(self) -> bool:
+        return all(w.hold for w in self.workers)
+
+    @hold.setter
+    def hold(self, value: bool) -> None:
+        """Hold (or release) every worker's clients' bytes (shutdown)."""
+        for w in self.workers:
+            w.hold = value
 
     # ------------------------------------------------------------ queries
 
     @property
     def outbox_size(self) -> int:
-        return len(self.outbox)
+        return sum(len(w.outbox) for w in self.workers)
 
     def can_read(self, c: Client) -> bool:
+        w = self.workers[c.worker]
         return (
             c.closing is None
             and c.buffer.room() > 0
             and len(c.out) < self._out_high
-            and len(self.outbox) + self.pipe_pending < PIPE_HIGH_WATER
+            and len(w.outbox) + w.pipe_pending < PIPE_HIGH_WATER
             and not self.stopping
         )
 
@@ -177,30 +147,36 @@ class Core:
 
     @property
     def pipe_full(self) -> bool:
-        return len(self.outbox) + self.pipe_pending >= PIPE_HIGH_WATER
+        """Every worker's budget is spent: accepting waits (a new client
+        goes to the least loaded worker, whose budget may have room)."""
+        return all(_full(w) for w in self.workers)
+
+    def worker_full(self, c: Client) -> bool:
+        return _full(self.workers[c.worker])
 
     @property
     def held_bytes(self) -> int:
-        """Bytes the core holds for the handler: the outbox, the write in
+        """Bytes the core holds for the handlers: the outboxes, the writes in
         progress and every client's unconsumed buffer (the accounting the
         memory tests assert on)."""
         return (
-            len(self.outbox)
-            + self.pipe_pending
+            sum(len(w.outbox) + w.pipe_pending for w in self.workers)
             + sum(len(c.buffer) for c in self.clients.values())
         )
 
-    def take_outbox(self) -> bytearray:
-        """Everything queued for the handler, handed over without a copy."""
-        data = self.outbox
-        self.outbox = bytearray()
+    def take_outbox(self, w: int = 0) -> bytearray:
+        """Everything queued for worker `w`, handed over without a copy."""
+        worker = self.workers[w]
+        data = worker.outbox
+        worker.outbox = bytearray()
         return data
 
-    def oldest_owed(self) -> float | None:
-        """When the oldest data message still awaiting its reply was sent."""
-        if not self.owed:
+    def oldest_owed(self, w: int = 0) -> float | None:
+        """When worker `w`'s oldest data message still awaiting its reply was sent."""
+        if not self.workers[w].owed:
             return None
-        return min((c.sent_at for c in self.clients.values() if c.buffer.awaiting), default=None)
+        return min((c.sent_at for c in self.clients.values()
+                    if c.worker == w and c.buffer.awaiting), default=None)
 
     # ------------------------------------------------------------ client side
 
@@ -209,8 +185,12 @@ class Core:
         c = Client(self._next_id, peer, local, self.settings, framer)
         self._next_id += 1
         self.clients[c.id] = c
-        if self.handler_up:
-            self._queue(encode_connect(c.id, peer, local))
+        # Sticky: the worker with the fewest clients serves it for life.
+        w = min(self.workers, key=_load)
+        c.worker = w.index
+        w.nclients += 1
+        if w.up:
+            self._queue(w, encode_connect(c.id, peer, local))
             c.known = True
         return c
 
@@ -228,19 +208,22 @@ class Core:
         self._forward(c)
 
     def gone(self, c: Client, reason: str) -> None:
-        """The client's socket is closed: forget it and tell the handler."""
+        """The client's socket is closed: forget it and tell its worker."""
         if self.clients.pop(c.id, None) is None:
             return
+        w = self.workers[c.worker]
+        w.nclients -= 1
         if c.closing is None:
             c.closing = reason
         if c.buffer.awaiting:
-            self.owed -= 1
-        if c.known and self.handler_up:
-            self._queue(encode_disconnect(c.id, reason))
+            w.owed -= 1
+        if c.known and w.up:
+            self._queue(w, encode_disconnect(c.id, reason))
         c.known = False
         self.touched.discard(c)
-        if self.quarantine.forget(c):
-            self._next_trial()
+        self.channels.leave_all(c)
+        if w.quarantine.forget(c):
+            self._next_trial(w)
 
     def close(self, c: Client, reason: str, *, drop_output: bool = False) -> None:
         """Close `c` once its queued output is written (or at once)."""
@@ -263,139 +246,131 @@ class Core:
 
     # ------------------------------------------------------------ handler side
 
-    def handler_started(self) -> None:
-        """A new handler process is up: greet it and replay every client,
-        paced through the byte budget."""
+    def handler_started(self, index: int = 0) -> None:
+        """A new process for worker `index` is up: greet it and replay its
+        clients, paced through its byte budget."""
         s = self.settings
-        self.outbox = bytearray()
-        self._lines = LineSplitter(MAX_HANDLER_LINE)
-        self.handler_up = True
-        self.hold = self.stopping
+        w = self.workers[index]
+        w.outbox = bytearray()
+        w.lines = LineSplitter(MAX_HANDLER_LINE)
+        w.up = True
+        w.hold = self.stopping
         self._queue(
+            w,
             encode_hello(
                 tgate_version=__version__,
                 framing=s.framing,
                 bufsize=s.bufsize,
                 max_bufsize=s.max_bufsize,
                 update_time=s.update_time,
-            )
+                worker=index,
+                workers=len(self.workers),
+            ),
         )
-        for c in self.clients.values():
-            if c.closing is not None:
-                continue
-            self._queue(encode_connect(c.id, c.peer, c.local))
+        mine = [c for c in self.clients.values() if c.worker == index and c.closing is None]
+        for c in mine:
+            # replay: this client connected before this process started
+            self._queue(w, encode_connect(c.id, c.peer, c.local, replay=True))
             c.known = True
-        if self.quarantine.on_trial is None:
-            self._next_trial()
-        for c in self.clients.values():
-            if c.closing is None:
-                self._forward(c)
+        if w.quarantine.on_trial is None:
+            self._next_trial(w)
+        for c in mine:
+            self._forward(c)
 
-    def handler_lost(self, *, crashed: bool) -> list[Client]:
-        """The handler process is gone. Returns the clients quarantined
+    def handler_lost(self, index: int = 0, *, crashed: bool) -> list[Client]:
+        """Worker `index`'s process is gone. Returns its clients quarantined
         because their bytes alone crashed too many handlers."""
-        self.handler_up = False
-        self.outbox = bytearray()
-        self.pipe_pending = 0
-        self.owed = 0
-        for c in self.backlog:
+        w = self.workers[index]
+        w.up = False
+        w.outbox = bytearray()
+        w.pipe_pending = 0
+        w.owed = 0
+        for c in w.backlog:
             c.queued = False
-        self.backlog.clear()
+        w.backlog.clear()
+        mine = [c for c in self.clients.values() if c.worker == index]
         in_flight = [
-            c for c in self.clients.values()
+            c for c in mine
             if c.closing is None
-            and (c.buffer.awaiting or (c.framer is not None and c.frame_gen == self._output_gen))
+            and (c.buffer.awaiting or (c.framer is not None and c.frame_gen == w.output_gen))
         ]
-        quarantined = self.quarantine.crashed(in_flight) if crashed else []
+        quarantined = w.quarantine.crashed(in_flight) if crashed else []
         for c in quarantined:
             self.close(c, "quarantined")
-        for c in self.clients.values():
+        for c in mine:
             c.buffer.rewind()
             c.known = False
             c.frame_gen = -1
         return quarantined
 
     def tick(self) -> None:
-        if self.handler_up:
-            self._queue(TICK)
+        for w in self.workers:
+            if w.up:
+                self._queue(w, TICK)
 
     def pump(self) -> None:
         """Forward the clients waiting for budget, while there is room."""
-        backlog = self.backlog
-        while backlog and not self.pipe_full:
-            c = backlog.popleft()
-            c.queued = False
-            if c.closing is None and c.id in self.clients:
-                self._forward(c)
+        for w in self.workers:
+            backlog = w.backlog
+            while backlog and not _full(w):
+                c = backlog.popleft()
+                c.queued = False
+                if c.closing is None and c.id in self.clients:
+                    self._forward(c)
 
-    def handler_output(self, chunk: bytes) -> None:
-        """Bytes read from the handler's stdout."""
-        self._output_gen += 1
-        lines = self._lines.feed(chunk)
-        if self._lines.overlong:
-            for size in self._lines.overlong:
+    @property
+    def backlogged(self) -> bool:
+        return any(w.backlog for w in self.workers)
+
+    def handler_output(self, chunk: bytes, index: int = 0) -> None:
+        """Bytes read from worker `index`'s stdout."""
+        w = self.workers[index]
+        w.output_gen += 1
+        lines = w.lines.feed(chunk)
+        if w.lines.overlong:
+            for size in w.lines.overlong:
                 log.warning(
                     "handler line dropped: longer than %d bytes (%d bytes)", MAX_HANDLER_LINE, size
                 )
-            self._lines.overlong.clear()
+            w.lines.overlong.clear()
         for line in lines:
-            self.handler_line(line)
+            self.handler_line(line, index)
         if self._framer_cls is not None:
             # Framed: output after a client's frames means it survived them.
-            q = self.quarantine
+            q = w.quarantine
             for c in [q.on_trial, *q.struck] if q.struck else [q.on_trial]:
-                if c is not None and 0 <= c.frame_gen < self._output_gen:
+                if c is not None and 0 <= c.frame_gen < w.output_gen:
                     self._acquit(c)
-
-    def handler_line(self, line: bytes) -> None:
-        commands, errors = parse_line(line)
-        if errors:
-            if not line or line.isspace():
-                return  # blank lines are allowed
-            for err in errors:
-                if err.startswith("not JSON"):
-                    log.warning("handler stdout is not protocol, dropped: %s", quote(line))
-                else:
-                    log.warning("handler line dropped: %s: %s", err, quote(line))
-        for cmd in commands:
-            if type(cmd) is Write:
-                self._write(cmd, line)
-            elif type(cmd) is Consumed:
-                self._consumed(cmd, line)
-            elif type(cmd) is Close:
-                self._close(cmd, line)
-            else:
-                assert type(cmd) is Invalid
-                self._invalid(cmd, line)
 
     # ------------------------------------------------------------ internals
 
-    def _queue(self, msg: bytes) -> None:
-        self.outbox += msg
+    def _queue(self, w: Worker, msg: bytes) -> None:
+        w.outbox += msg
 
     def _forward(self, c: Client) -> None:
-        if not self.handler_up or c.closing is not None or self.hold:
+        w = self.workers[c.worker]
+        if not w.up or c.closing is not None or w.hold:
             return
-        if c.suspect and c is not self.quarantine.on_trial:
+        if c.suspect and c is not w.quarantine.on_trial:
             return  # held until tried alone
-        if len(self.outbox) + self.pipe_pending >= PIPE_HIGH_WATER:
+        if len(w.outbox) + w.pipe_pending >= PIPE_HIGH_WATER:
             if not c.queued:
                 c.queued = True
-                self.backlog.append(c)
+                w.backlog.append(c)
             return
         if c.framer is None:
-            self._send_data(c)
+            self._send_data(w, c)
         else:
-            self._send_frames(c, c.framer)
+            self._send_frames(w, c, c.framer)
 
-    def _send_frames(self, c: Client, framer: Framer) -> None:
+    def _send_frames(self, w: Worker, c: Client, framer: Framer) -> None:
         b = c.buffer
         try:
             frames, used = framer.split(b.data, b.max_size)
         except FrameError as exc:
             # The frames before the bad bytes were fine: deliver them first.
             for payload in exc.frames:
-                self._queue(encode_frame(c.id, payload))
+                self._queue(w, encode_frame(c.id, payload))
             if isinstance(exc, FrameTooLarge):
                 log.info("client %d disconnected (overflow): %s", c.id, exc)
                 self.close(c, "overflow")
@@ -407,36 +382,36 @@ class Core:
             b.drop(used)
             self.touched.add(c)  # room for its reader again
         for payload in frames:
-            self._queue(encode_frame(c.id, payload))
+            self._queue(w, encode_frame(c.id, payload))
         if frames:
-            c.frame_gen = self._output_gen
+            c.frame_gen = w.output_gen
         if b.eof and not b.eof_sent:
             rest = bytes(b.data)
             b.drop(len(rest))
             last = framer.tail(rest)
             if last is not None:
-                self._queue(encode_frame(c.id, last))
-                c.frame_gen = self._output_gen
+                self._queue(w, encode_frame(c.id, last))
+                c.frame_gen = w.output_gen
             elif rest:
                 log.info("client %d: incomplete %s frame of %d bytes dropped at EOF",
                          c.id, framer.name, len(rest))
-            self._queue(encode_eof(c.id))
+            self._queue(w, encode_eof(c.id))
             b.eof_sent = True
 
-    def _send_data(self, c: Client) -> None:
+    def _send_data(self, w: Worker, c: Client) -> None:
         msg = c.buffer.take_message()
         if msg is not None:
-            self._queue(encode_data(c.id, msg[0], msg[1]))
-            self.owed += 1
+            self._queue(w, encode_data(c.id, msg[0], msg[1]))
+            w.owed += 1
             c.sent_at = self.clock()
 
     def _has_input(self, c: Client) -> bool:
         b = c.buffer
         return len(b) > 0 or (b.eof and not b.eof_sent)
 
-    def _next_trial(self) -> None:
-        """Put the next suspect on trial: its bytes alone go to the handler."""
-        q = self.quarantine
+    def _next_trial(self, w: Worker) -> None:
+        """Put worker `w`'s next suspect on trial: its bytes alone go to it."""
+        q = w.quarantine
         while q.on_trial is None:
             c = q.next_suspect()
             if c is None:
@@ -450,118 +425,18 @@ class Core:
                 self._forward(c)
 
     def _acquit(self, c: Client) -> None:
-        was_trial = c is self.quarantine.on_trial
-        self.quarantine.acquit(c)
+        w = self.workers[c.worker]
+        was_trial = c is w.quarantine.on_trial
+        w.quarantine.acquit(c)
         if was_trial:
-            self._next_trial()
+            self._next_trial(w)
 
-    def _lookup(self, cid: int) -> Client | None:
-        c = self.clients.get(cid)
-        if c is not None and c.known:
-            return c
-        return None
-
-    def _unknown(self, cid: int, line: bytes, what: str) -> None:
-        if 0 < cid < self._next_id:
-            # A reply racing the client's disconnect is normal; a consumed for
-            # a gone client is the commonest case and not worth a line.
-            level = logging.DEBUG if what == "consumed" else logging.INFO
-            log.log(level, "handler %s for client %d dropped: client is closed: %s",
-                    what, cid, quote(line))
-        else:
-            log.warning("handler %s dropped: client id %d was never issued: %s",
-                        what, cid, quote(line))
-
-    def _write(self, cmd: Write, line: bytes) -> None:
-        data = cmd.data
-        if self._framer_cls is not None and not cmd.raw:
-            try:
-                data = self._framer_cls.encode(data)
-            except FrameError as exc:
-                log.warning("handler write dropped: %s: %s", exc, quote(line))
-                return
-        clients = self.clients
-        closed: list[int] = []
-        never: list[int] = []
-        dropped: list[int] = []
-        for cid in cmd.ids:
-            c = clients.get(cid)
-            if c is None or not c.known:
-                (closed if 0 < cid < self._next_id else never).append(cid)
-                continue
-            if c.closing == "closed" or c.closing == "slow":
-                dropped.append(cid)
-                continue
-            c.out += data
-            self.touched.add(c)
-        # One line per handler line, however many ids it named.
-        if closed:
-            log.info("handler write for %s dropped: client is closed: %s",
-                     _some("client", closed), quote(line))
-        if never:
-            log.warning("handler write dropped: %s never issued: %s",
-                        _some("client id", never, "was", "were"), quote(line))
-        if dropped:
-            log.info("handler write for %s dropped: the handler closed it or its output was "
-                     "dropped (slow): %s", _some("client", dropped), quote(line))
-
-    def _consumed(self, cmd: Consumed, line: bytes) -> None:
-        if self._framer_cls is not None:
-            log.warning("handler line dropped: consumed is only for --framing raw: %s",
-                        quote(line))
-            return
-        c = self._lookup(cmd.id)
-        if c is None:
-            self._unknown(cmd.id, line, "consumed")
-            return
-        b = c.buffer
-        was_awaiting = b.awaiting
-        try:
-            b.consume(cmd.n)
-        except HandlerError as exc:
-            log.warning("handler line dropped: client %d: %s; disconnecting it (error): %s",
-                        cmd.id, exc, quote(line))
-            self.close(c, "error")
-            return
-        if was_awaiting:
-            self.owed -= 1
-        if c.suspect or c.strikes:
-            self._acquit(c)
-        if c.closing is None:
-            held = len(b.data)
-            if b.eof:
-                if b.finished:
-                    self.close(c, "eof")
-                else:
-                    self._forward(c)
-            elif held > b.seen:  # bytes arrived meanwhile: send them now
-                self._forward(c)
-            elif held >= b.max_size:
-                log.info("client %d disconnected (overflow): %d bytes unconsumed", c.id, held)
-                self.close(c, "overflow")
-        self.touched.add(c)
-
-    def _invalid(self, cmd: Invalid, line: bytes) -> None:
-        c = self._lookup(cmd.id)
-        if c is None:
-            log.warning("handler line dropped: %s: %s", cmd.error, quote(line))
-            return
-        log.warning("handler line dropped: client %d: %s; disconnecting it (error): %s",
-                    cmd.id, cmd.error, quote(line))
-        self.close(c, "error")
-
-    def _close(self, cmd: Close, line: bytes) -> None:
-        c = self._lookup(cmd.id)
-        if c is None:
-            self._unknown(cmd.id, line, "close")
-        else:
-            self.close(c, "closed")
+def _full(w: Worker) -> bool:
+    """Its byte budget is spent."""
+    return len(w.outbox) + w.pipe_pending >= PIPE_HIGH_WATER
 
 
-def _some(what: str, ids: list[int], one: str = "", many: str = "") -> str:
-    """'client 3' or 'clients 3, 4, 5, ... (12 in all)' for one log line."""
-    if len(ids) == 1:
-        return f"{what} {ids[0]}" + (f" {one}" if one else "")
-    shown = ", ".join(str(i) for i in ids[:_IDS_LOGGED])
-    more = f", ... ({len(ids)} in all)" if len(ids) > _IDS_LOGGED else ""
-    return f"{what}s {shown}{more}" + (f" {many}" if many else "")
+def _load(w: Worker) -> int:
+    return w.nclients
+
+

@@ -55,7 +55,7 @@ DELIBERATE = ("reload", "shutdown")
 
 
 class HandlerLink:
-    """Runs one handler process at a time for `core`.
+    """Runs one handler process at a time for worker `index` of `core`.
 
     `after` is the gateway's hook to carry out what the core decided (called
     after every batch of handler output); `changes` is pulsed whenever the
@@ -70,6 +70,8 @@ class HandlerLink:
         core: Core,
         argv: list[str],
         *,
+        index: int = 0,
+        guardian: Guardian,
         handler_timeout: float,
         shutdown_grace: float,
         on_crash: str,
@@ -77,13 +79,17 @@ class HandlerLink:
         changes: Changes,
     ) -> None:
         self.core = core
+        self.index = index
+        self.w = core.workers[index]
+        #: how log lines name this worker ("" in a pool of one)
+        self.name = f" [worker {index}]" if len(core.workers) > 1 else ""
         self.argv = argv
         self.handler_timeout = handler_timeout
         self.shutdown_grace = shutdown_grace
         self.on_crash = on_crash
         self._after = after
         self._changes = changes
-        self.guardian = Guardian()
+        self.guardian = guardian
         #: every handler process not reaped yet (the current one, a reload's
         #: successor, old ones being stopped in the background)
         self.procs: set[HandlerProcess] = set()
@@ -100,6 +106,8 @@ class HandlerLink:
         #: why the current link broke on our side (stdin write failed)
         self._broken: str | None = None
         self._reload = False
+        #: set when a requested reload is over (done, failed or overtaken)
+        self._reload_over = trio.Event()
         #: no more restarts: the gateway is stopping
         self._stopping = False
         #: the gateway is done with the handler: stop it and return
@@ -111,9 +119,15 @@ class HandlerLink:
 
     # ------------------------------------------------------------ control
 
-    def reload(self) -> None:
-        self._reload = True
+    def reload(self) -> trio.Event:
+        """Replace this worker's handler; the event is set when that is
+        over (replaced, failed, or overtaken by a crash or a stop)."""
+        if not self._reload:
+            self._reload = True
+            self._reload_over = trio.Event()
         self._changes.pulse()
+        return self._reload_over
+
 
     def stopping(self) -> None:
         """No restart from now on (a stop was requested)."""
@@ -136,31 +150,31 @@ class HandlerLink:
     def write_now(self) -> None:
         """Write the outbox straight to the pipe when the writer is idle: one
         write per pass. What the pipe does not take, the writer task sends."""
-        core = self.core
+        w = self.w
         if self.writer.task is None or self.fd < 0:
             self.writer.wake()
             return
         try:
-            n = os.write(self.fd, core.outbox)
+            n = os.write(self.fd, w.outbox)
         except BlockingIOError:
             n = 0
         except OSError as exc:
             self._lost(f"writing its stdin failed: {exc.strerror or exc}")
             return
-        if n == len(core.outbox):
-            core.outbox = bytearray()
+        if n == len(w.outbox):
+            w.outbox = bytearray()
         else:
-            del core.outbox[:n]
+            del w.outbox[:n]
             self.writer.wake()
 
     async def _pump_stdin(self, fd: int) -> None:
-        core = self.core
+        w = self.w
         while True:
-            if not core.outbox:
+            if not w.outbox:
                 await self.writer.wait()
                 continue
-            data = core.take_outbox()
-            core.pipe_pending = len(data)
+            data = self.core.take_outbox(self.index)
+            w.pipe_pending = len(data)
             view = memoryview(data)
             pos = 0
             try:
@@ -173,14 +187,14 @@ class HandlerLink:
                         await wait_writable(fd)
                         continue
                     pos += n
-                    core.pipe_pending = len(data) - pos
+                    w.pipe_pending = len(data) - pos
                     self._stalled_since = None
             except OSError as exc:
                 self._lost(f"writing its stdin failed: {exc.strerror or exc}")
                 return
             finally:
                 view.release()
-                core.pipe_pending = 0
+                w.pipe_pending = 0
             self._stalled_since = None
             self._after()
 
@@ -193,7 +207,6 @@ class HandlerLink:
 
     async def run(self, nursery: trio.Nursery, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self._nursery = nursery
-        self.guardian.start()
         try:
             await self._supervise(task_status)
         finally:
@@ -207,7 +220,6 @@ class HandlerLink:
                 await proc.wait()
                 proc.close()
                 self.procs.discard(proc)
-        self.guardian.close()
 
     async def _spawn(self) -> HandlerProcess:
         proc = await spawn(self.argv)
@@ -233,13 +245,13 @@ class HandlerLink:
         while proc is not None:
             started = trio.current_time()
             self.pid = proc.pid
-            log.info("handler started (pid %d): %s", proc.pid, " ".join(self.argv))
-            core.handler_started()
+            log.info("handler started (pid %d): %s%s", proc.pid, " ".join(self.argv), self.name)
+            core.handler_started(self.index)
             self._after()
             if first:
                 task_status.started()
             outcome, successor = await self._run_handler(proc)
-            quarantined = core.handler_lost(crashed=outcome not in DELIBERATE)
+            quarantined = core.handler_lost(self.index, crashed=outcome not in DELIBERATE)
             self.pid = None
             if outcome == "shutdown":
                 await self._stop(proc)
@@ -250,8 +262,8 @@ class HandlerLink:
             grace = STOP_GRACE if outcome in DELIBERATE else 0.0
             self._nursery.start_soon(self._stop, proc, grace)
             if outcome == "reload":
-                log.info("handler (pid %d) replaced by pid %d", proc.pid,
-                         successor.pid if successor else 0)
+                log.info("handler (pid %d) replaced by pid %d%s", proc.pid,
+                         successor.pid if successor else 0, self.name)
                 consecutive = 0
                 self.restarts += 1
                 proc = successor
@@ -269,11 +281,12 @@ class HandlerLink:
                             "flight at %d handler crashes", c.id, c.strikes)
             if self.on_crash == "disconnect":
                 for c in list(core.clients.values()):
-                    core.close(c, "reset")
+                    if c.worker == self.index:
+                        core.close(c, "reset")
             delay = restart_delay(consecutive)
             log.error("handler (pid %d) %s (%s); %d live clients kept; restarting in %.2f s "
-                      "(crash %d in a row)", proc.pid, describe_exit(proc.returncode), outcome,
-                      len(core.clients), delay, consecutive)
+                      "(crash %d in a row)%s", proc.pid, describe_exit(proc.returncode), outcome,
+                      self.w.nclients, delay, consecutive, self.name)
             self._after()
             proc, consecutive = await self._respawn(delay, consecutive)
             if proc is not None:
@@ -296,8 +309,8 @@ class HandlerLink:
             except HandlerStartError as exc:
                 consecutive += 1
                 delay = restart_delay(consecutive)
-                log.error("%s; %d live clients kept; retrying in %.2f s", exc,
-                          len(self.core.clients), delay)
+                log.error("%s; %d live clients kept; retrying in %.2f s%s", exc,
+                          self.w.nclients, delay, self.name)
 
     async def _start_successor(self, old: HandlerProcess) -> HandlerProcess | None:
         """A reload's new handler, once it has lived READY_WINDOW; None (and
@@ -331,6 +344,7 @@ class HandlerLink:
         "hung", "reload" or "shutdown") and, for a reload, the successor.
         """
         core = self.core
+        w = self.w
         outcome: str | None = None
         successor: HandlerProcess | None = None
         self._broken = None
@@ -361,7 +375,7 @@ class HandlerLink:
                             await proc.wait()
                         done("exit" if proc.returncode is not None else "stdout closed")
                         return
-                    core.handler_output(chunk)
+                    core.handler_output(chunk, self.index)
                     self._after()
 
             async def write_stdin(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -393,17 +407,17 @@ class HandlerLink:
                     if self._draining:
                         continue
                     now = trio.current_time()
-                    oldest = core.oldest_owed()
+                    oldest = core.oldest_owed(self.index)
                     if oldest is not None and now - oldest >= timeout:
                         log.error("handler (pid %d) hung: a reply owed for %.1f s (%d owed); "
-                                  "killing it", proc.pid, now - oldest, core.owed)
+                                  "killing it%s", proc.pid, now - oldest, w.owed, self.name)
                         done("hung")
                         return
                     stalled = self._stalled_since
                     if stalled is not None and now - stalled >= timeout:
                         log.error("handler (pid %d) hung: it read none of its stdin for %.1f s "
-                                  "(%d bytes waiting); killing it", proc.pid, now - stalled,
-                                  core.pipe_pending + core.outbox_size)
+                                  "(%d bytes waiting); killing it%s", proc.pid, now - stalled,
+                                  w.pipe_pending + len(w.outbox), self.name)
                         done("hung")
                         return
 
@@ -417,6 +431,7 @@ class HandlerLink:
                     self._reload = False
                     successor = await self._start_successor(proc)
                     if successor is None:
+                        self._reload_over.set()
                         continue
                     await self._let_go(proc, writer)
                     done("reload")
@@ -430,6 +445,7 @@ class HandlerLink:
                 nursery.start_soon(watch_hang)
             nursery.start_soon(watch_requests, writer)
         self._draining = False
+        self._reload_over.set()  # done, or overtaken by a crash or a stop
         if outcome != "reload" and successor is not None:
             # Replaced by something else (a crash, a stop) mid-reload.
             assert self._nursery is not None
@@ -441,18 +457,18 @@ class HandlerLink:
         """A reload: the old handler gets --shutdown-grace to answer what it
         owes (raw mode) or, in framed modes, to read all it was sent and
         answer it until it exits at its stdin's EOF. New bytes are held."""
-        core = self.core
-        log.info("reload: handler (pid %d) gets %.1f s to answer %s", proc.pid,
+        w = self.w
+        log.info("reload: handler (pid %d) gets %.1f s to answer %s%s", proc.pid,
                  self.shutdown_grace,
-                 f"{core.owed} owed replies" if core.settings.framing == "raw"
-                 else "the frames it was sent")
-        core.hold = True
+                 f"{w.owed} owed replies" if self.core.settings.framing == "raw"
+                 else "the frames it was sent", self.name)
+        w.hold = True
         with trio.move_on_after(self.shutdown_grace) as scope:
-            if core.settings.framing == "raw":
-                await self._changes.wait_until(lambda: not core.owed)
+            if self.core.settings.framing == "raw":
+                await self._changes.wait_until(lambda: not w.owed)
             else:
                 await self._changes.wait_until(
-                    lambda: (not core.outbox and not core.pipe_pending) or self._broken is not None
+                    lambda: (not w.outbox and not w.pipe_pending) or self._broken is not None
                 )
                 self._draining = True
                 self.fd = -1

@@ -44,6 +44,28 @@ class Close(NamedTuple):
     id: int
 
 
+class Subscribe(NamedTuple):
+    id: int
+    channel: str
+
+
+class Unsubscribe(NamedTuple):
+    id: int
+    channel: str
+
+
+class Publish(NamedTuple):
+    channel: str
+    data: bytes
+    #: a client id not to send it to (the sender, typically)
+    exclude: int | None = None
+    raw: bool = False
+
+
+#: Longest channel name, in characters.
+MAX_CHANNEL_NAME = 256
+
+
 class Invalid(NamedTuple):
     """An instruction about a live client that is wrong in a way the client
     would pay for (a ``consumed`` whose ``n`` is not an integer would leave
@@ -53,14 +75,15 @@ class Invalid(NamedTuple):
     error: str
 
 
-Command = Consumed | Write | Close | Invalid
+Command = Consumed | Write | Close | Invalid | Subscribe | Unsubscribe | Publish
 
 
 # ---------------------------------------------------------------- gateway -> handler
 
 
 def encode_hello(
-    *, tgate_version: str, framing: str, bufsize: int, max_bufsize: int, update_time: float
+    *, tgate_version: str, framing: str, bufsize: int, max_bufsize: int, update_time: float,
+    worker: int = 0, workers: int = 1,
 ) -> bytes:
     return _dumps(
         {
@@ -71,12 +94,19 @@ def encode_hello(
             "bufsize": bufsize,
             "max_bufsize": max_bufsize,
             "update_time": update_time,
+            "worker": worker,
+            "workers": workers,
         },
         option=_NL,
     )
 
 
-def encode_connect(cid: int, peer: tuple[str, int], local: tuple[str, int]) -> bytes:
+def encode_connect(
+    cid: int, peer: tuple[str, int], local: tuple[str, int], replay: bool = False
+) -> bytes:
+    if replay:
+        msg = {"op": "connect", "id": cid, "peer": peer, "local": local, "replay": True}
+        return _dumps(msg, option=_NL)
     return _dumps({"op": "connect", "id": cid, "peer": peer, "local": local}, option=_NL)
 
 
@@ -130,6 +160,18 @@ def _data(obj: dict[str, object]) -> bytes:
         ) from None
 
 
+def _channel(obj: dict[str, object]) -> str:
+    channel = obj.get("channel")
+    if type(channel) is not str:
+        if channel is None:
+            raise HandlerError("missing field 'channel'")
+        raise HandlerError(f"field 'channel' must be a string, not {type(channel).__name__}")
+    if not 0 < len(channel) <= MAX_CHANNEL_NAME:
+        raise HandlerError(f"channel name must be 1 to {MAX_CHANNEL_NAME} characters, "
+                           f"not {len(channel)}")
+    return channel
+
+
 def parse_command(obj: object) -> Command:
     """One handler instruction (a decoded JSON object) -> a Command.
 
@@ -180,6 +222,20 @@ def _parse_command_checked(obj: object) -> Command:
         return Consumed(cid, n)
     if op == "close":
         return Close(_client_id(obj))
+    if op == "subscribe" or op == "unsubscribe":
+        cid = _client_id(obj)
+        channel = _channel(obj)
+        return Subscribe(cid, channel) if op == "subscribe" else Unsubscribe(cid, channel)
+    if op == "publish":
+        channel = _channel(obj)
+        data = _data(obj)
+        exclude = obj.get("exclude")
+        if exclude is not None and type(exclude) is not int:
+            raise HandlerError(f"field 'exclude' must be a client id, not {exclude!r}")
+        raw = obj.get("raw", False)
+        if type(raw) is not bool:
+            raise HandlerError(f"field 'raw' must be true or false, not {raw!r}")
+        return Publish(channel, data, exclude, raw)
     if op is None:
         raise HandlerError("missing field 'op'")
     raise HandlerError(f"unknown op {op!r}")

@@ -19,6 +19,7 @@ from trio.lowlevel import checkpoint, wait_readable
 from . import logs
 from .clients import ClientIO, Conn
 from .core import Core, Settings
+from .guardian import Guardian
 from .link import HandlerLink
 from .waits import Changes, Wake
 
@@ -98,11 +99,18 @@ class Gateway:
         self.stopped = trio.Event()
         self._nursery: trio.Nursery | None = None
         o = options
-        self.link = HandlerLink(
-            self.core, o.handler, handler_timeout=o.handler_timeout,
-            shutdown_grace=o.shutdown_grace, on_crash=o.on_crash, after=self._after,
-            changes=self._changes,
-        )
+        self.guardian = Guardian()
+        #: one handler link per worker of the pool
+        self.links = [
+            HandlerLink(
+                self.core, o.handler, index=i, guardian=self.guardian,
+                handler_timeout=o.handler_timeout, shutdown_grace=o.shutdown_grace,
+                on_crash=o.on_crash, after=self._after, changes=self._changes,
+            )
+            for i in range(len(self.core.workers))
+        ]
+        self._running = 0  # links whose supervisor has not returned
+        self._reloading = False
 
     @property
     def conns(self) -> set[Conn]:
@@ -110,37 +118,63 @@ class Gateway:
         return self.clients.conns
 
     @property
+    def link(self) -> HandlerLink:
+        """Worker 0's link (the only one in a pool of one)."""
+        return self.links[0]
+
+    @property
     def restarts(self) -> int:
-        return self.link.restarts
+        return sum(link.restarts for link in self.links)
 
     @property
     def crashes(self) -> int:
-        return self.link.crashes
+        return sum(link.crashes for link in self.links)
 
     @property
     def handler_pid(self) -> int | None:
-        """pid of the running handler process, if any"""
-        return self.link.pid
+        """pid of worker 0's running handler process, if any"""
+        return self.links[0].pid
+
+    @property
+    def handler_pids(self) -> list[int | None]:
+        """Each worker's running handler process, by index."""
+        return [link.pid for link in self.links]
 
     # ------------------------------------------------------------ control
 
     def stop(self) -> None:
         """Begin an orderly shutdown (SIGINT/SIGTERM)."""
-        self.link.stopping()
+        for link in self.links:
+            link.stopping()
         self._stop_requested.set()
 
     def abort(self) -> None:
         """Stop now (a second SIGINT/SIGTERM): handler groups SIGKILLed,
         clients closed without waiting for their output."""
-        self.link.stopping()
-        self.link.kill_all()
+        for link in self.links:
+            link.stopping()
+            link.kill_all()
         self._stop_requested.set()
         if self._serve_scope is not None:
             self._serve_scope.cancel()
 
     def reload(self) -> None:
-        """Replace the handler with a freshly started one (SIGHUP)."""
-        self.link.reload()
+        """Replace the handlers with freshly started ones (SIGHUP): one
+        worker at a time, so that N-1 of them serve throughout."""
+        if len(self.links) == 1:
+            self.links[0].reload()
+        elif not self._reloading and self._nursery is not None:
+            self._reloading = True
+            self._nursery.start_soon(self._rolling_reload)
+
+    async def _rolling_reload(self) -> None:
+        try:
+            for link in self.links:
+                if self._stop_requested.is_set():
+                    return
+                await link.reload().wait()
+        finally:
+            self._reloading = False
 
     # ------------------------------------------------------------ main
 
@@ -150,7 +184,9 @@ class Gateway:
             with trio.CancelScope() as self._serve_scope:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    await nursery.start(self._supervise, nursery)
+                    self.guardian.start()
+                    for link in self.links:
+                        await nursery.start(self._supervise, link, nursery)
                     accept_scope = trio.CancelScope()
                     nursery.start_soon(self._accept_loop, lsock, accept_scope)
                     self.clients.nursery = nursery
@@ -167,14 +203,20 @@ class Gateway:
             lsock.close()
             self._nursery = None
             self.clients.close()
-            await self.link.close()
+            for link in self.links:
+                await link.close()
+            self.guardian.close()
             self.stopped.set()
 
-    async def _supervise(self, nursery: trio.Nursery, task_status: Any) -> None:
+    async def _supervise(self, link: HandlerLink, nursery: trio.Nursery,
+                         task_status: Any) -> None:
+        self._running += 1
         try:
-            await self.link.run(nursery, task_status)
+            await link.run(nursery, task_status)
         finally:
-            self._supervisor_done.set()
+            self._running -= 1
+            if not self._running:
+                self._supervisor_done.set()
 
     def _listen(self) -> socket.socket:
         o = self.options
@@ -241,16 +283,17 @@ class Gateway:
     def _after(self) -> None:
         """Carry out what the core decided; called after every core event."""
         core = self.core
-        if core.backlog and not core.pipe_full:
+        if core.backlogged:
             core.pump()
-        if core.outbox:
-            self.link.write_now()
+        for link in self.links:
+            if link.w.outbox:
+                link.write_now()
         while core.touched:
             touched = core.touched
             core.touched = set()
             for c in touched:
                 self.clients.service(c)
-        if not core.pipe_full:
+        if not core.pipe_full:  # some worker has room
             if self.clients.parked:
                 self.clients.wake_parked()
             self._room.wake()
@@ -299,7 +342,9 @@ class Gateway:
         # Let the handler read the disconnects before its stdin closes.
         with trio.move_on_after(min(1.0, self.options.shutdown_grace)):
             await self._changes.wait_until(
-                lambda: (not core.outbox and not core.pipe_pending) or not core.handler_up
+                lambda: all((not w.outbox and not w.pipe_pending) or not w.up
+                            for w in core.workers)
             )
-        self.link.release()
+        for link in self.links:
+            link.release()
         await self._supervisor_done.wait()

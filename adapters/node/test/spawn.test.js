@@ -4,6 +4,8 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
+import { FENCE, answers, fenced, simulate } from './harness.js';
+
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const ADAPTER = pathToFileURL(fileURLToPath(new URL('../index.js', import.meta.url))).href;
 
@@ -47,16 +49,6 @@ function commands(stdout) {
     .flatMap((l) => (Array.isArray(l) ? l : [l]));
 }
 
-/** The bytes each client would receive, applying write commands in order. */
-function received(cmds) {
-  const got = {};
-  for (const c of cmds) {
-    if (c.op !== 'write') continue;
-    for (const id of c.ids ?? [c.id]) got[id] = (got[id] ?? '') + c.data;
-  }
-  return got;
-}
-
 test('examples/echo.js: echoes, answers each data, exits promptly when stdin ends', async () => {
   const all = Buffer.from(Array.from({ length: 256 }, (_, i) => i)).toString('latin1');
   const r = await run(['examples/echo.js'], [
@@ -81,42 +73,81 @@ const CHAT_RECEIVED = {
   3: '2: yo\n1: hello\n1: second\n1: \n1: third\n2: bye\n2: partial\n* 2 left\n* 1 left\n',
 };
 
+const CHAT_RAW = [
+  hello, connect(1), connect(2), connect(3),
+  data(1, 'hel'), // partial: waits
+  data(2, 'yo\r\n'),
+  data(1, 'lo\r\nsecond\n\r\nthird'),
+  data(3, 'caf\u00c3\u00a9 \u0000\u00ff\r\r\n'), // raw bytes pass through; only one \r is stripped
+  data(1, '\n'),
+  data(2, 'bye\npartial\r', true), // an unterminated last line is still a line
+  disconnect(2),
+  disconnect(1, 'reset'),
+];
+
 test('examples/chat.js: joined, lines to the others, partial lines wait, left', async () => {
-  const r = await run(['examples/chat.js'], [
-    hello, connect(1), connect(2), connect(3),
-    data(1, 'hel'), // partial: waits
-    data(2, 'yo\r\n'),
-    data(1, 'lo\r\nsecond\n\r\nthird'),
-    data(3, 'caf\u00c3\u00a9 \u0000\u00ff\r\r\n'), // raw bytes pass through; only one \r is stripped
-    data(1, '\n'),
-    data(2, 'bye\npartial\r', true), // an unterminated last line is still a line
-    disconnect(2),
-    disconnect(1, 'reset'),
-  ].join(''));
+  // A fence after each message tells which commands answer it (see harness.js).
+  const r = await run(['examples/chat.js'], fenced(CHAT_RAW).join(''));
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stderr, '');
   const cmds = commands(r.stdout);
   assert.deepEqual(
-    cmds.filter((c) => c.op === 'consumed').map((c) => [c.id, c.n]),
+    cmds.filter((c) => c.op === 'consumed' && c.id !== FENCE).map((c) => [c.id, c.n]),
     [[1, 0], [2, 4], [1, 16], [3, 11], [1, 6], [2, 12]],
   );
   assert.deepEqual(cmds.filter((c) => c.op === 'close'), []);
-  assert.deepEqual(received(cmds), CHAT_RECEIVED);
+  // No list of clients: one channel, each message published to it but its author.
+  const per = answers(cmds, CHAT_RAW.length - 1);
+  assert.deepEqual(per[1], [
+    { op: 'subscribe', id: 2, channel: 'chat' },
+    { op: 'publish', channel: 'chat', data: '* 2 joined\n', exclude: 2 },
+  ]);
+  assert.deepEqual(per[4], [
+    { op: 'publish', channel: 'chat', data: '2: yo\n', exclude: 2 },
+    { op: 'consumed', id: 2, n: 4 },
+  ]);
+  assert.deepEqual(per[9], [{ op: 'publish', channel: 'chat', data: '* 2 left\n' }]);
+  assert.ok(cmds.every((c) => c.op !== 'write'), 'no write: everything goes through the channel');
+  assert.deepEqual(simulate(CHAT_RAW.slice(1), per), CHAT_RECEIVED);
+  // And without fences, the same replies and bytes (publishes of one line may
+  // coalesce across messages: tgate applies a line at once).
+  const plain = commands((await run(['examples/chat.js'], CHAT_RAW.join(''))).stdout);
+  const replies = (cmds) => cmds.filter((c) => c.op === 'consumed');
+  const published = (cmds) => cmds.filter((c) => c.op === 'publish').map((c) => c.data).join('');
+  assert.deepEqual(replies(plain), replies(per.flat()));
+  assert.equal(published(plain), published(per.flat()));
 });
 
-/** What each client gets under --framing line: every write is a line (tgate appends "\n"). */
-function receivedLines(cmds) {
-  const got = {};
-  for (const c of cmds) {
-    if (c.op !== 'write') continue;
-    for (const id of c.ids ?? [c.id]) got[id] = (got[id] ?? '') + c.data + (c.raw ? '' : '\n');
+test('examples/chat.js: a replayed client is subscribed again but not announced again', async () => {
+  // Two processes, one gateway: the second is a restarted handler, replayed
+  // the live clients' connects (a new process knows nothing else).
+  const replayed = (id) => msg({ ...JSON.parse(connect(id)), replay: true });
+  const first = [hello, connect(1), connect(2), data(1, 'a\n')];
+  const second = [hello, replayed(1), replayed(2), data(2, 'b\n'), connect(3), data(1, 'c\n')];
+  const per = [];
+  for (const input of [first, second]) {
+    const r = await run(['examples/chat.js'], fenced(input).join(''));
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stderr, '');
+    per.push(...answers(commands(r.stdout), input.length - 1));
   }
-  return got;
-}
+  // The replayed connects (per[3], per[4]): a subscribe, no publish.
+  assert.deepEqual(per[3], [{ op: 'subscribe', id: 1, channel: 'chat' }]);
+  assert.deepEqual(per[4], [{ op: 'subscribe', id: 2, channel: 'chat' }]);
+  assert.deepEqual(per[6], [
+    { op: 'subscribe', id: 3, channel: 'chat' },
+    { op: 'publish', channel: 'chat', data: '* 3 joined\n', exclude: 3 },
+  ]);
+  assert.deepEqual(simulate([...first.slice(1), ...second.slice(1)], per), {
+    1: '* 2 joined\n2: b\n* 3 joined\n',
+    2: '1: a\n* 3 joined\n1: c\n',
+    3: '1: c\n',
+  });
+});
 
 test('examples/chat.js under --framing line: the clients get the same bytes as in raw mode', async () => {
   const frame = (id, s) => msg({ op: 'frame', id, data: s });
-  const r = await run(['examples/chat.js'], [
+  const input = [
     hello.replace('"raw"', '"line"'), connect(1), connect(2), connect(3),
     frame(2, 'yo'),
     frame(1, 'hello'),
@@ -129,14 +160,21 @@ test('examples/chat.js under --framing line: the clients get the same bytes as i
     msg({ op: 'eof', id: 2 }),
     disconnect(2, 'closed'),
     disconnect(1, 'reset'),
-  ].join(''));
+  ];
+  const r = await run(['examples/chat.js'], fenced(input).join(''));
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stderr, '');
   const cmds = commands(r.stdout);
-  assert.deepEqual(cmds.filter((c) => c.op === 'consumed'), []);
+  assert.deepEqual(cmds.filter((c) => c.op === 'consumed' && c.id !== FENCE), []);
   assert.deepEqual(cmds.filter((c) => c.op === 'close'), [{ op: 'close', id: 2 }]);
-  assert.deepEqual(cmds[0], { op: 'write', ids: [1], data: '* 2 joined' });
-  assert.deepEqual(receivedLines(cmds), CHAT_RECEIVED);
+  const per = answers(cmds, input.length - 1);
+  assert.deepEqual(per[1], [
+    { op: 'subscribe', id: 2, channel: 'chat' },
+    { op: 'publish', channel: 'chat', data: '* 2 joined', exclude: 2 },
+  ]);
+  assert.deepEqual(per[6], [{ op: 'publish', channel: 'chat', data: '1: ', exclude: 1 }]);
+  // tgate ends each publish with "\n": the clients get the raw-mode bytes.
+  assert.deepEqual(simulate(input.slice(1), per, { framed: true }), CHAT_RECEIVED);
 });
 
 test('examples/echo.js in a framed mode: each frame back as one frame, close on eof', async () => {

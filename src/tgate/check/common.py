@@ -20,6 +20,7 @@ GRACE = 0.5  # seconds between stdin EOF, SIGTERM and SIGKILL when cleaning up
 # fails the scenarios about exiting.
 DRAIN_LIMIT = 0.5
 MAX_LINE = 16 * 1024 * 1024
+MAX_CHANNEL_NAME = 256  # characters; tgate drops a subscribe to a longer name
 STDERR_KEEP = 64 * 1024  # bytes of a run's stderr kept (its end)
 STDERR_LINES = 200  # lines of a run's stderr handed to the report (which shows fewer)
 MAX_LINE_ERRORS = 200  # invalid lines remembered per run; the rest are only counted

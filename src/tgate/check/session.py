@@ -2,10 +2,11 @@
 
 A `Session` is one handler process (a `Driver`) plus tgate's bookkeeping per
 client: bytes sent and consumed, the data awaiting its reply, the bytes tgate
-would send the client, and whether the handler may still address it. Every
-line the handler writes is validated (`validate`) and applied as tgate would
-apply it; misbehaviour is recorded in `violations`, invalid lines in
-`line_errors`.
+would send the client, and whether the handler may still address it; and the
+channels (``subscribe``/``publish``), which live in tgate. The session plays
+worker 0 of a pool of 1. Every line the handler writes is validated
+(`validate`) and applied as tgate would apply it; misbehaviour is recorded in
+`violations`, invalid lines in `line_errors`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import trio
 from tgate import __version__
 from tgate.framing import FrameError, Framer, framer_class
 
-from .common import GATEWAY_OPS, Msg, is_int, short
+from .common import GATEWAY_OPS, MAX_CHANNEL_NAME, Msg, is_int, short
 from .driver import Driver
 
 
@@ -41,8 +42,9 @@ class Client:
     fence_proof: str = ""  # how we know it has (for the message)
     frames_sent: int = 0  # framed modes: frame messages sent
     eof_seq: int | None = None  # framed modes: sequence number of our eof line
-    writes: int = 0  # write ops addressed to this client (kept or not)
+    writes: int = 0  # write ops addressed to this client (kept or not), publishes reaching it
     out: bytearray = field(default_factory=bytearray)  # bytes tgate would send the client
+    channels: set[str] = field(default_factory=set)  # the channels it is subscribed to
 
     @property
     def held(self) -> int:
@@ -65,6 +67,8 @@ class Session(Driver):
         self.valid_lines = 0  # lines holding at least one valid message
         self.echoed: bytes | None = None  # the first line carrying an op tgate sends
         self.closes = 0
+        self.channels: dict[str, set[int]] = {}  # channel -> subscribed client ids
+        self.publishes = 0
 
     # -- sending
 
@@ -80,6 +84,8 @@ class Session(Driver):
             "bufsize": 128,
             "max_bufsize": 65536,
             "update_time": 1.0,
+            "worker": 0,
+            "workers": 1,
         }
         msg.update(extra)
         self.send(msg)
@@ -149,6 +155,13 @@ class Session(Driver):
         c = self.clients[cid]
         if c.gone:
             return
+        # A client leaves all its channels when it disconnects.
+        for name in c.channels:
+            members = self.channels[name]
+            members.discard(cid)
+            if not members:
+                del self.channels[name]
+        c.channels.clear()
         if self.eof_requested:
             # e.g. a close that arrived after we closed the handler's stdin:
             # the client is gone, but there is no one left to tell.
@@ -271,6 +284,10 @@ class Session(Driver):
             self._consumed(cid, n)
         elif op == "write":
             self._write(msg)
+        elif op in ("subscribe", "unsubscribe"):
+            self._subscription(msg)
+        elif op == "publish":
+            self._publish(msg)
         elif op == "close":
             cid = msg["id"]
             assert isinstance(cid, int)
@@ -322,7 +339,9 @@ class Session(Driver):
             c.consumed += n
         self._fence(answered, "the handler had already answered data sent after that disconnect")
 
-    def _write(self, msg: dict[str, object]) -> None:
+    def _wire(self, msg: dict[str, object], what: str) -> bytes | None:
+        """The bytes a write or publish sends each client (framed as tgate frames
+        them), or None (reported) if they cannot be framed."""
         data = msg["data"]
         assert isinstance(data, str)
         raw = data.encode("latin-1")
@@ -331,10 +350,48 @@ class Session(Driver):
                 raw = self.framer.encode(raw)
             except FrameError as exc:
                 self._violation(
-                    f"write of {len(raw)} bytes cannot be framed in --framing "
+                    f"{what} of {len(raw)} bytes cannot be framed in --framing "
                     f"{self.framing}: {exc} (tgate drops it)"
                 )
-                return
+                return None
+        return raw
+
+    def _subscription(self, msg: dict[str, object]) -> None:
+        op, cid, name = msg["op"], msg["id"], msg["channel"]
+        assert isinstance(op, str) and isinstance(cid, int) and isinstance(name, str)
+        c = self._target(cid, f"{op} to channel {short(repr(name), 40)}")
+        if c is None or c.gone:  # tgate ignores it for a client already closed
+            return
+        if op == "unsubscribe":
+            members = self.channels.get(name)
+            if members is not None and cid in members:
+                members.discard(cid)
+                c.channels.discard(name)
+                if not members:
+                    del self.channels[name]
+            return
+        self.channels.setdefault(name, set()).add(cid)
+        c.channels.add(name)
+
+    def _publish(self, msg: dict[str, object]) -> None:
+        name, exclude = msg["channel"], msg.get("exclude")
+        assert isinstance(name, str)
+        raw = self._wire(msg, "publish")
+        if raw is None:
+            return
+        self.publishes += 1
+        # Subscribers are live: a client leaves its channels at its disconnect.
+        for cid in sorted(self.channels.get(name, ())):
+            c = self.clients[cid]
+            if cid == exclude or c.gone:
+                continue
+            c.writes += 1
+            c.out += raw
+
+    def _write(self, msg: dict[str, object]) -> None:
+        raw = self._wire(msg, "write")
+        if raw is None:
+            return
         raw_ids = msg["ids"] if "ids" in msg else [msg["id"]]
         assert isinstance(raw_ids, list)
         what = "broadcast write" if "ids" in msg else "write"
@@ -348,22 +405,71 @@ class Session(Driver):
                 c.out += raw
 
 
+HANDLER_OPS = ("consumed", "write", "close", "subscribe", "unsubscribe", "publish")
+
+
 def validate(msg: object) -> str | None:
     """What is wrong with one message from the handler, or None if it is valid v1."""
     if not isinstance(msg, dict):
         return f"array element is not an object ({type(msg).__name__})"
     op = msg.get("op")
-    if op not in ("consumed", "write", "close"):
+    if op not in HANDLER_OPS:
         if "op" not in msg:
             return "object without an op"
-        return f"unknown op {op!r} (a handler may send consumed, write, close)"
+        return f"unknown op {op!r} (a handler may send {', '.join(HANDLER_OPS)})"
     if op == "write":
         return _validate_write(msg)
+    if op == "publish":
+        return _validate_publish(msg)
     if not is_int(msg.get("id")):
-        return f"{op} id is missing or not an integer: {msg.get('id')!r}"
+        return f"{op} id is missing or not an integer: {short(repr(msg.get('id')), 40)}"
     if op == "consumed" and not is_int(msg.get("n")):
         return f"consumed n is missing or not an integer: {msg.get('n')!r}"
+    if op in ("subscribe", "unsubscribe"):
+        return _validate_channel(op, msg)
     return None
+
+
+def _validate_channel(op: str, msg: dict[str, object]) -> str | None:
+    channel = msg.get("channel")
+    if not isinstance(channel, str):
+        return f"{op} channel is missing or not a string: {short(repr(channel), 40)}"
+    if not channel:
+        return f"{op} channel is empty"
+    if len(channel) > MAX_CHANNEL_NAME:
+        return f"{op} channel has {len(channel)} characters (at most {MAX_CHANNEL_NAME})"
+    return None
+
+
+def _validate_data(op: str, data: object) -> str | None:
+    if not isinstance(data, str):
+        return f"{op} data is missing or not a string: {short(repr(data), 40)}"
+    try:
+        data.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        bad = ord(data[exc.start])
+        return (
+            f"{op} data has code point U+{bad:04X} at index {exc.start} (above U+00FF: not a byte)"
+        )
+    return None
+
+
+def _validate_raw(op: str, msg: dict[str, object]) -> str | None:
+    if "raw" in msg and not isinstance(msg["raw"], bool):
+        return f"{op} raw is not true or false: {short(repr(msg['raw']), 40)}"
+    return None
+
+
+def _validate_publish(msg: dict[str, object]) -> str | None:
+    # "exclude": null means no exclude, as tgate reads it.
+    exclude = msg.get("exclude")
+    if exclude is not None and not is_int(exclude):
+        return f"publish exclude is not an integer or null: {short(repr(exclude), 40)}"
+    return (
+        _validate_channel("publish", msg)
+        or _validate_raw("publish", msg)
+        or _validate_data("publish", msg.get("data"))
+    )
 
 
 def _validate_write(msg: dict[str, object]) -> str | None:
@@ -381,13 +487,4 @@ def _validate_write(msg: dict[str, object]) -> str | None:
     data = msg.get("data")
     if not isinstance(data, str):
         return f"write data is missing or not a string: {short(repr(data), 40)}"
-    if "raw" in msg and not isinstance(msg["raw"], bool):
-        return f"write raw is not true or false: {short(repr(msg['raw']), 40)}"
-    try:
-        data.encode("latin-1")
-    except UnicodeEncodeError as exc:
-        bad = ord(data[exc.start])
-        return (
-            f"write data has code point U+{bad:04X} at index {exc.start} (above U+00FF: not a byte)"
-        )
-    return None
+    return _validate_raw("write", msg) or _validate_data("write", data)
