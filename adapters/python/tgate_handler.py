@@ -129,14 +129,16 @@ stderr and raises ``SystemExit(1)``, so the process exits with status 1.
 
 from __future__ import annotations
 
+# Imports are kept few: a restarted handler answers its clients only once
+# the interpreter has loaded them (json, traceback and typing load lazily).
 import contextlib
-import importlib
-import json
 import os
 import sys
-import traceback
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, BinaryIO, TypeAlias, TypeGuard
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, TypeAlias, TypeGuard
 
 __all__ = ["PROTOCOL_VERSION", "Client", "Data", "ServerLoop"]
 
@@ -151,13 +153,21 @@ _MAX_LINE = 16 << 20
 
 
 def _std_dumps(obj: Any) -> bytes:
+    import json
+
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-_loads: Callable[[bytes], Any] = json.loads
+def _std_loads(line: bytes) -> Any:
+    import json
+
+    return json.loads(line)
+
+
+_loads: Callable[[bytes], Any] = _std_loads
 _dumps: Callable[[Any], bytes] = _std_dumps
 try:  # optional speedup; same wire format (compact JSON, UTF-8)
-    _orjson = importlib.import_module("orjson")
+    import orjson as _orjson
 except ImportError:  # pragma: no cover - depends on the environment
     pass
 else:
@@ -396,6 +406,8 @@ class ServerLoop:
             _log(f"{who}: {type(exc).__name__}: {exc}")
         else:
             _log(f"{who}: exception in handler code:")
+            import traceback
+
             traceback.print_exception(exc, file=sys.stderr)
             sys.stderr.flush()
 
@@ -644,6 +656,8 @@ class ServerLoop:
             self.on_error(exc, client)
         except Exception as err:  # a broken on_error must not stop the loop
             _log("on_error failed while reporting:")
+            import traceback
+
             traceback.print_exception(exc, file=sys.stderr)
             traceback.print_exception(err, file=sys.stderr)
             sys.stderr.flush()
