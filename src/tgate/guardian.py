@@ -66,6 +66,11 @@ class Guardian:
         os.set_blocking(self._fd, False)
 
     @property
+    def alive(self) -> bool:
+        """It runs and we can still tell it about process groups."""
+        return self._fd >= 0 and self._proc is not None and self._proc.poll() is None
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 

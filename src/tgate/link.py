@@ -222,7 +222,7 @@ class HandlerLink:
                 self.procs.discard(proc)
 
     async def _spawn(self) -> HandlerProcess:
-        proc = await spawn(self.argv)
+        proc = await spawn(self.argv, death_signal=not self.guardian.alive)
         self.procs.add(proc)
         self.guardian.watch(proc.pid)
         assert self._nursery is not None
