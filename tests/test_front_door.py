@@ -15,6 +15,7 @@ bench/mutate.py relies on that.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -525,6 +527,42 @@ def check_max_channels_per_client(t: Tgate) -> None:
 POOL_HANDLER = f"{PY} {FIXTURES / 'pool_handler.py'}"
 
 
+def check_metrics(t: Tgate) -> None:
+    _, m = t.wait_for(r"tgate metrics on http://(\S+):(\d+)/metrics")
+    with t.connect() as s:
+        assert ask(s, b"hi\n") == b"hi\n"
+        url = f"http://{m.group(1)}:{m.group(2)}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+    assert re.search(r"^tgate_clients 1$", text, re.MULTILINE), text
+
+
+def check_drain_timeout(t: Tgate) -> None:
+    with t.connect() as s:
+        assert ask(s, b"hi\n") == b"hi\n"
+        t.proc.send_signal(signal.SIGTERM)
+        t.wait_for(r"draining")
+        with pytest.raises(ConnectionRefusedError):  # not accepting any more...
+            socket.create_connection((t.host, t.port), timeout=5).close()
+        assert ask(s, b"still\n") == b"still\n"  # ...but still serving
+
+
+def check_log_format_json(t: Tgate) -> None:
+    with t.connect() as s:
+        assert ask(s, b"hi\n") == b"hi\n"
+    t.wait_for(r'"logger":"tgate.access"')
+    for line in t.stderr().splitlines():
+        json.loads(line)  # every line, the banner included
+
+
+def check_access_log_off(t: Tgate) -> None:
+    with t.connect() as s:
+        assert ask(s, b"hi\n") == b"hi\n"
+    with t.connect() as s:  # the first one's end has been handled by now
+        assert ask(s, b"hi\n") == b"hi\n"
+    assert "access:" not in t.stderr()
+
+
 @dataclass
 class Case:
     args: list[str] | Callable[[], list[str]]
@@ -550,6 +588,10 @@ FLAGS: dict[str, Case] = {
                           check_host_port),
     "--log-level": Case(["--log-level", "debug"], check_log_level_debug),
     "--workers": Case(["--workers", "3"], check_workers, handler=POOL_HANDLER),
+    "--metrics": Case(["--metrics", "127.0.0.1:0"], check_metrics),
+    "--drain-timeout": Case(["--drain-timeout", "5"], check_drain_timeout),
+    "--log-format": Case(["--log-format", "json"], check_log_format_json),
+    "--access-log": Case(["--access-log", "off"], check_access_log_off),
     "--max-channels-per-client": Case(["--max-channels-per-client", "1"],
                                       check_max_channels_per_client, handler=POOL_HANDLER),
 }

@@ -18,8 +18,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import trio
 import trio.testing
@@ -528,3 +530,281 @@ def test_repeated_warnings_are_rate_limited() -> None:
     assert len(junk) == 6, junk
     summary = rf"{TS} tgate: WARNING: 95 more like this in the last 10 s: .*junk-line-5.*"
     assert re.fullmatch(summary, junk[-1]), junk
+
+
+# ------------------------------------------ --log-format json and the access log
+
+
+def json_lines(sink: Sink) -> list[dict[str, Any]]:
+    """Every line of ``sink`` as a JSON object (fails on a line that is not one)."""
+    out = [orjson.loads(line) for line in bytes(sink.data).splitlines()]
+    assert all(isinstance(obj, dict) for obj in out)
+    return out
+
+
+JSON_TS = re.compile(TS)
+
+
+@contextmanager
+def json_logger(limit: int = 5) -> Iterator[tuple[logging.Logger, logs.QueueHandler, Sink, Clock]]:
+    with limited_logger(limit=limit) as (logger, handler, sink, clock):
+        handler.queue.fmt = "json"
+        yield logger, handler, sink, clock
+
+
+def test_json_records_are_one_object_per_line_with_their_fields() -> None:
+    with json_logger() as (logger, _, sink, _):
+        logger.warning("disk %s is %d%% full", "sda", 93,
+                       extra={"fields": {"disk": "sda", "full": 93, "msg": "not me",
+                                         "path": Path("/x")}})
+        logger.info("two\nlines \"quoted\" \udcff")  # a lone surrogate
+        logger.info("big %d", 1 << 70, extra={"fields": {"big": 1 << 70}})
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logger.exception("it failed")
+    warn, info, big, exc = json_lines(sink)
+    assert JSON_TS.fullmatch(warn.pop("ts"))
+    assert warn == {"level": "warning", "logger": logger.name, "msg": "disk sda is 93% full",
+                    "disk": "sda", "full": 93, "path": "/x"}  # a field never hides msg
+    assert list(warn)[:3] == ["level", "logger", "msg"]
+    assert info["level"] == "info" and info["msg"] == 'two\nlines "quoted" \\udcff'
+    assert big["level"] == "info" and big["big"] == str(1 << 70)
+    assert exc["level"] == "error" and exc["msg"] == "it failed"
+    assert exc["exc"].startswith("Traceback") and "RuntimeError: boom" in exc["exc"]
+
+
+def test_json_rate_limit_summary_is_an_object() -> None:
+    with json_logger(limit=2) as (logger, handler, sink, clock):
+        for i in range(7):
+            logger.error("crashed %d", i)
+        clock.now += 10
+        handler.flush_suppressed()
+    out = json_lines(sink)
+    assert [o["msg"] for o in out[:2]] == ["crashed 0", "crashed 1"]
+    summary = out[2]
+    assert len(out) == 3 and JSON_TS.fullmatch(summary.pop("ts"))
+    assert summary == {"level": "error", "logger": logger.name,
+                       "msg": "5 more like this in the last 10 s: crashed 2",
+                       "event": "suppressed", "suppressed": 5, "first": "crashed 2"}
+
+
+def test_json_dropped_lines_notice_is_an_object() -> None:
+    sink = Sink()
+    q = logs.LogQueue(sink, max_entries=3, fmt="json")
+    for i in range(10):
+        q.put(b'{"n": %d}\n' % i)
+    q.start()
+    assert q.close(5)
+    out = json_lines(sink)
+    assert [o.get("n") for o in out[:3]] == [0, 1, 2]
+    notice = out[3]
+    assert len(out) == 4 and JSON_TS.fullmatch(notice.pop("ts"))
+    assert notice == {"level": "warning", "logger": "tgate", "event": "dropped", "dropped": 7,
+                      "msg": "7 log lines dropped (stderr full or closed)"}
+
+
+async def test_json_handler_stderr_lines_are_objects() -> None:
+    sink = Sink()
+    q = logs.LogQueue(sink, fmt="json")
+    await forward([b'one\n{"not": "parsed"}\nbad \xff\xfe\n', b"last"], q, pid=77)
+    q.start()
+    assert q.close(5)
+    out = json_lines(sink)
+    assert all(JSON_TS.fullmatch(o.pop("ts")) for o in out)
+    assert out == [{"level": "stderr", "logger": "handler", "pid": 77, "msg": msg}
+                   for msg in ["one", '{"not": "parsed"}', "bad \\xff\\xfe", "last"]]
+
+
+@pytest.fixture
+def access_sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[logs.LogQueue, Sink]]:
+    """The process's queue replaced by one into a Sink; the access log on."""
+    sink = Sink()
+    q = logs.LogQueue(sink)
+    monkeypatch.setattr(logs, "_queue", q)
+    for name in ("_access_wanted", "_access_level", "_access_on"):
+        monkeypatch.setattr(logs, name, True)
+    yield q, sink
+    q.start()
+    q.close(5)
+
+
+ACCESS_ARGS = [(12, ("127.0.0.1", 40312), 1.2344, 120, 340, "eof", 0),
+               (13, ("::1", 5), 0.0, 0, 7, "overflow", 3)]
+
+
+def test_access_lines_in_text(access_sink: tuple[logs.LogQueue, Sink]) -> None:
+    q, sink = access_sink
+    for args in ACCESS_ARGS:
+        logs.access(*args)
+    q.start()
+    assert q.close(5)
+    out = sink.lines()
+    assert re.fullmatch(rf"{TS} tgate: access: client 12 127\.0\.0\.1:40312 worker 0 "
+                        r"1\.234 s in 120 B out 340 B \(eof\)", out[0]), out
+    assert re.fullmatch(rf"{TS} tgate: access: client 13 \[::1\]:5 worker 3 "
+                        r"0\.000 s in 0 B out 7 B \(overflow\)", out[1]), out
+
+
+def test_access_lines_in_json(access_sink: tuple[logs.LogQueue, Sink]) -> None:
+    q, sink = access_sink
+    q.fmt = "json"
+    for args in ACCESS_ARGS:
+        logs.access(*args)
+    q.start()
+    assert q.close(5)
+    out = json_lines(sink)
+    assert all(JSON_TS.fullmatch(o.pop("ts")) for o in out)
+    assert out == [
+        {"level": "info", "logger": "tgate.access", "event": "disconnect", "id": 12,
+         "peer": "127.0.0.1", "port": 40312, "worker": 0, "duration_s": 1.2344,
+         "bytes_in": 120, "bytes_out": 340, "reason": "eof"},
+        {"level": "info", "logger": "tgate.access", "event": "disconnect", "id": 13,
+         "peer": "::1", "port": 5, "worker": 3, "duration_s": 0.0,
+         "bytes_in": 0, "bytes_out": 7, "reason": "overflow"}]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_access_lines_are_not_rate_limited(access_sink: tuple[logs.LogQueue, Sink],
+                                           fmt: logs.Format) -> None:
+    q, sink = access_sink
+    q.fmt = fmt
+    for i in range(100):
+        logs.access(i, ("10.0.0.1", 1000 + i), 0.5, i, i, "eof", 0)
+    q.start()
+    assert q.close(5)
+    out = sink.lines()
+    assert len(out) == 100 and q.dropped == 0
+    assert all("access" in line and "more like this" not in line for line in out)
+
+
+def test_access_lines_are_dropped_and_counted_when_the_queue_is_full(
+        access_sink: tuple[logs.LogQueue, Sink]) -> None:
+    q, sink = access_sink
+    q.max_entries = 10
+    for i in range(25):
+        logs.access(i, ("10.0.0.1", 1), 0.5, 1, 1, "eof", 0)
+    assert q.dropped == 15
+    q.start()
+    assert q.close(5)
+    out = sink.lines()
+    assert len(out) == 11 and NOTICE.fullmatch(out[-1]) and "15 log lines" in out[-1]
+
+
+def test_disabled_access_log_emits_nothing(access_sink: tuple[logs.LogQueue, Sink]) -> None:
+    q, sink = access_sink
+    logs.set_access_log(False)
+    for args in ACCESS_ARGS:
+        logs.access(*args)
+    logs.set_access_log(True)
+    logs.access(*ACCESS_ARGS[0])
+    q.start()
+    assert q.close(5)
+    assert len(sink.lines()) == 1
+
+
+def test_setup_json_in_a_process() -> None:
+    """Records, the banner, a verbatim error line and warnings, all JSON; the banner
+    still matches the text pattern; --log-level warning hides access lines."""
+    code = (
+        "import logging, warnings; from tgate import logs\n"
+        "logs.setup(logging.INFO, 'json')\n"
+        "log = logging.getLogger('tgate')\n"
+        "log.debug('hidden'); log.info('hello %s', 'world', extra={'fields': {'n': 1}})\n"
+        "logs.banner('tgate listening on [::1]:7000')\n"
+        "logs.emit_line(b'tgate: error: cannot listen')\n"
+        "for i in range(8): log.warning('again %d', i)\n"
+        "logs.access(1, ('127.0.0.1', 2), 0.25, 3, 4, 'eof', 0)\n"
+        "warnings.warn('careful')\n"
+        "logs.setup(logging.WARNING, 'json')\n"
+        "logs.access(2, ('127.0.0.1', 2), 0.25, 3, 4, 'eof', 0)\n"
+        "logs.shutdown()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.decode().splitlines()
+    out = [orjson.loads(line) for line in lines]
+    assert all(JSON_TS.fullmatch(o.pop("ts")) for o in out), out
+    assert out[0] == {"level": "info", "logger": "tgate", "msg": "hello world", "n": 1}
+    assert out[1] == {"level": "info", "logger": "tgate", "event": "listening",
+                      "host": "::1", "port": 7000, "msg": "tgate listening on [::1]:7000"}
+    m = re.search(r"tgate listening on (\S+):(\d+)", lines[1])
+    assert m is not None and m.groups() == ("[::1]", "7000")
+    assert out[2] == {"level": "error", "logger": "tgate", "msg": "tgate: error: cannot listen"}
+    assert sum(o.get("msg", "").startswith("again") for o in out) == 5
+    assert [o["id"] for o in out if o["logger"] == "tgate.access"] == [1]
+    assert any(o["level"] == "warning" and "careful" in o["msg"] for o in out)
+    assert out[-1]["event"] == "suppressed" and out[-1]["suppressed"] == 3
+    assert "hidden" not in r.stderr.decode()
+
+
+class StderrReader:
+    """Reads a process's stderr in a thread, line by line, until EOF."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[bytes] = []
+        self._stream = stream
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for line in self._stream:
+            self.lines.append(line)
+
+    def wait(self, cond: Callable[[list[bytes]], bool], timeout: float = 20.0) -> None:
+        wait_for(lambda: cond(list(self.lines)), timeout)
+
+    def join(self, timeout: float = 10.0) -> list[bytes]:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive()
+        return self.lines
+
+
+@pytest.mark.parametrize(("fmt", "access"), [("json", "on"), ("text", "on"), ("json", "off")])
+def test_tgate_access_log_end_to_end(fmt: str, access: str) -> None:
+    """Clients connect, talk and leave: with the access log on, one access line each
+    (with their bytes); with --log-format json every stderr line is a JSON object."""
+    payloads = [b"ping\n", b"x" * 1000, b"hello there\n"]
+    with tgate(0, example("echo.py"), "--log-format", fmt, "--access-log", access,
+               stderr=subprocess.PIPE) as proc:
+        reader = StderrReader(proc.stderr)
+        reader.wait(lambda lines: any(b"tgate listening on" in line for line in lines))
+        banner = next(line for line in reader.lines if b"tgate listening on" in line)
+        m = re.search(rb"tgate listening on (\S+):(\d+)", banner)
+        assert m is not None
+        port = int(m[2])
+        for payload in payloads:
+            assert echo(port, payload) == payload
+        if access == "on":
+            reader.wait(lambda lines: sum(b"access" in line for line in lines) >= 3)
+        else:
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        lines = reader.join()
+    text = b"".join(lines).decode()
+    if fmt == "json":
+        out = [orjson.loads(line) for line in lines]
+        assert all(JSON_TS.fullmatch(o["ts"]) for o in out), text
+        listening = [o for o in out if o.get("event") == "listening"]
+        assert listening[0]["host"] == "127.0.0.1" and listening[0]["port"] == port
+        got = [o for o in out if o["logger"] == "tgate.access"]
+        if access == "off":
+            assert got == [], text
+            return
+        assert len(got) == len(payloads), text
+        assert len({o["id"] for o in got}) == len(payloads)
+        for o, payload in zip(sorted(got, key=lambda o: o["id"]), payloads, strict=True):
+            assert o["event"] == "disconnect" and o["level"] == "info"
+            assert o["peer"] == "127.0.0.1" and 0 < o["port"] < 65536 and o["worker"] == 0
+            assert o["bytes_in"] == o["bytes_out"] == len(payload), o
+            assert 0 <= o["duration_s"] < 20 and o["reason"] == "eof", o
+    else:
+        got_text = [line for line in text.splitlines() if " tgate: access: " in line]
+        assert len(got_text) == len(payloads), text
+        sizes = sorted(len(p) for p in payloads)
+        found = sorted(int(hit[1]) for line in got_text
+                       if (hit := re.fullmatch(rf"{TS} tgate: access: client \d+ 127\.0\.0\.1:"
+                                             r"\d+ worker 0 \d+\.\d{3} s in (\d+) B out "
+                                             r"\1 B \(eof\)", line)))
+        assert found == sizes, got_text

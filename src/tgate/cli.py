@@ -62,6 +62,15 @@ def _float_from(low: float, inclusive: bool, what: str) -> Callable[[str], float
 
 
 _port = _int_in(0, 65535, "0-65535")
+
+
+def _address(text: str) -> tuple[str, int]:
+    """HOST:PORT or [IPV6]:PORT."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT, not {text}")
+    return host, _port(port)
 #: More workers than this is a typo, not a deployment.
 MAX_WORKERS = 1024
 
@@ -143,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-clients-per-ip", type=_nonneg_int, default=0,
                    help="close new connections from a peer address that already has this "
                    "many (0: no limit)")
+    p.add_argument("--metrics", type=_address, default=None, metavar="HOST:PORT",
+                   help="serve /metrics (Prometheus) and /status (JSON) on this address "
+                   "(port 0: pick a free one)")
+    p.add_argument("--drain-timeout", type=_nonneg_float, default=0.0,
+                   help="on SIGINT/SIGTERM stop accepting at once, but keep serving connected "
+                   "clients up to this many seconds before closing them (0: no drain)")
     p.add_argument("--idle-timeout", type=_nonneg_float, default=0.0,
                    help="disconnect clients that sent nothing for this many seconds "
                    "(reason idle; 0: never)")
@@ -154,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a subscribe past this many channels for one client is refused")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"), help="log verbosity")
+    p.add_argument("--log-format", default="text", choices=logs.FORMATS,
+                   help="stderr lines: text, or json (one JSON object per line)")
+    p.add_argument("--access-log", default="on", choices=("on", "off"),
+                   help="one INFO line per connection when it ends (peer, id, duration, "
+                   "bytes in/out, reason)")
     return p
 
 
@@ -175,6 +195,10 @@ async def _run(gateway: Gateway, host_for_banner: str) -> None:
             host, port = address[0], address[1]
             shown = f"[{host}]" if ":" in host else host
             logs.banner(f"tgate listening on {shown}:{port}")
+            if gateway.metrics_address is not None:
+                mhost, mport = gateway.metrics_address[0], gateway.metrics_address[1]
+                mshown = f"[{mhost}]" if ":" in mhost else mhost
+                logs.banner(f"tgate metrics on http://{mshown}:{mport}/metrics")
 
             async def watch_signals() -> None:
                 stopping = False
@@ -219,8 +243,13 @@ def _main(argv: list[str] | None) -> int:
         from .check import main as check_main
 
         return check_main(args_list[1:])
+    if args_list[:1] == ["status"]:
+        from .status import main as status_main
+
+        return status_main(args_list[1:])
     args = build_parser().parse_args(args_list)
-    logs.setup(getattr(logging, args.log_level.upper()))
+    logs.set_access_log(args.access_log == "on")
+    logs.setup(getattr(logging, args.log_level.upper()), args.log_format)
     try:
         handler = shlex.split(args.handler)
     except ValueError as exc:
@@ -254,6 +283,8 @@ def _main(argv: list[str] | None) -> int:
         max_clients=args.max_clients,
         max_clients_per_ip=args.max_clients_per_ip,
         idle_timeout=args.idle_timeout,
+        metrics=args.metrics,
+        drain_timeout=args.drain_timeout,
     )
     _raise_nofile_limit()
     gateway = Gateway(options, settings)

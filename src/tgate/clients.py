@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 from trio.lowlevel import wait_readable
 
+from . import logs
 from .core import Client, Core
 from .poller import HUP, READ, WRITE, Poller
 from .waits import Wake
@@ -58,8 +59,8 @@ def _discard_input(sock: socket.socket, scratch: memoryview) -> bool:
 class Conn:
     """The I/O side of one client."""
 
-    __slots__ = ("client", "closed", "deadline", "fd", "flushing", "interest", "last_read",
-                 "reading", "sock")
+    __slots__ = ("born", "bytes_in", "bytes_out", "client", "closed", "deadline", "fd",
+                 "flushing", "interest", "last_read", "reading", "sock")
 
     def __init__(self, sock: socket.socket, client: Client, now: float) -> None:
         self.sock = sock
@@ -76,6 +77,10 @@ class Conn:
         self.reading = True
         #: lingering or closing with output: when we stop waiting (0: not)
         self.deadline = 0.0
+        #: for the access log
+        self.born = now
+        self.bytes_in = 0
+        self.bytes_out = 0
 
 
 class ClientIO:
@@ -128,10 +133,12 @@ class ClientIO:
             if count >= o.max_clients_per_ip:
                 log.warning("connection from %s refused: it has %d already "
                             "(--max-clients-per-ip)", peer[0], count)
+                self.core.metrics.connections_refused += 1
                 sock.close()
                 return
             self._per_ip[peer[0]] = count + 1
         conn = Conn(sock, self.core.connect(peer, local), trio.current_time())
+        self.core.metrics.connections_accepted += 1
         conn.client.io = conn
         self.conns.add(conn)
         self._by_fd[conn.fd] = conn
@@ -194,6 +201,8 @@ class ClientIO:
             return
         if self.options.idle_timeout:
             conn.last_read = trio.current_time()
+        conn.bytes_in += n
+        core.metrics.bytes_received += n
         data = self._scratch[:n]
         core.received(c, data)
         data.release()
@@ -227,6 +236,8 @@ class ClientIO:
             self.finish(conn, "reset")
             return
         del c.out[:n]
+        conn.bytes_out += n
+        self.core.metrics.bytes_sent += n
         if not c.out:
             conn.flushing = False
             self._reading(conn, conn.reading and self.core.can_read(c))
@@ -250,6 +261,8 @@ class ClientIO:
                 self.finish(conn, "reset")
                 return
             del out[:n]
+            conn.bytes_out += n
+            self.core.metrics.bytes_sent += n
             if out:  # the socket is full: the poller says when it takes more
                 conn.flushing = True
                 self._interest(conn, conn.interest | WRITE)
@@ -280,6 +293,9 @@ class ClientIO:
         conn.closed = True
         c = conn.client
         log.debug("client %d disconnected (%s)", c.id, reason)
+        self.core.metrics.closed(reason)
+        logs.access(c.id, c.peer, trio.current_time() - conn.born, conn.bytes_in,
+                    conn.bytes_out, reason, c.worker)
         sock = conn.sock
         self.timed.discard(conn)
         if reason == "reset" or not conn.reading or self.nursery is None:

@@ -26,6 +26,7 @@ from . import __version__
 from .channels import Channels
 from .framing import FrameError, Framer, FrameTooLarge, framer_class
 from .lines import LineSplitter
+from .metrics import Metrics
 from .protocol import (
     MAX_HANDLER_LINE,
     TICK,
@@ -64,10 +65,12 @@ log = logging.getLogger("tgate")
 
 class Core(Replies):
     def __init__(
-        self, settings: Settings | None = None, clock: Callable[[], float] = time.monotonic
+        self, settings: Settings | None = None, clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.clock = clock
+        self.metrics = metrics or Metrics()
         self.clients: dict[int, Client] = {}
         self._next_id = 1
         self.workers = [Worker(i, self.settings.quarantine_after)
@@ -346,6 +349,7 @@ class Core(Replies):
 
     def _queue(self, w: Worker, msg: bytes) -> None:
         w.outbox += msg
+        self.metrics.messages_to_handler += 1
 
     def _forward(self, c: Client) -> None:
         w = self.workers[c.worker]

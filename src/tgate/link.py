@@ -50,6 +50,9 @@ EXIT_AFTER_EOF = 0.5
 #: wrote (a grandchild may hold the pipe open).
 DRAIN_AFTER_EXIT = 1.0
 
+#: The metrics' restart cause for each way a handler's run ends.
+_CAUSES = {"exit": "crash", "hung": "hang", "reload": "reload", "stdout closed": "link",
+           "stdin closed": "link"}
 #: How a handler's run ended; the ones that are not its fault come first.
 DELIBERATE = ("reload", "shutdown")
 
@@ -252,6 +255,8 @@ class HandlerLink:
                 task_status.started()
             outcome, successor = await self._run_handler(proc)
             quarantined = core.handler_lost(self.index, crashed=outcome not in DELIBERATE)
+            if outcome != "shutdown":
+                core.metrics.restarted(_CAUSES.get(outcome, "crash"))
             self.pid = None
             if outcome == "shutdown":
                 await self._stop(proc)

@@ -1,4 +1,4 @@
-"""tgate's stderr: log records, the banner and handler stderr, never blocking the loop.
+r"""tgate's stderr: log records, the banner and handler stderr, never blocking the loop.
 
 Everything tgate writes to stderr goes through ONE bounded queue (1 MiB, 10,000
 entries). The trio thread only appends to it; a daemon thread drains it with
@@ -14,8 +14,19 @@ line says how many. A write error never raises out of the writer, and producers
 never wait for it: a writer stuck in ``write`` only means new lines are dropped.
 
 Log lines are ``2026-12-06T05:12:24.123Z tgate: WARNING: message``, handler
-stderr lines ``2026-12-06T05:12:24.123Z [handler PID] text``. The banner and the
-``tgate: error: ...`` lines are written verbatim (scripts match ``^tgate listening on``).
+stderr lines ``2026-12-06T05:12:24.123Z [handler PID] text``, access lines (one per
+connection when it ends, :func:`access`) ``2026-12-06T05:12:24.123Z tgate: access:
+client 12 127.0.0.1:40312 worker 0 1.234 s in 120 B out 340 B (eof)``. The banner and
+the ``tgate: error: ...`` lines are written verbatim (scripts match ``^tgate listening on``).
+
+With ``setup(level, fmt="json")`` (``--log-format json``) every line is one JSON object
+with ``ts`` (the same ISO 8601 UTC time), ``level``, ``logger`` and ``msg``: records
+(plus the fields of ``extra={"fields": {...}}``, and ``exc``/``stack`` text), handler
+stderr (``level`` "stderr", ``logger`` "handler", ``pid``), the banner (``event``
+"listening", ``host``, ``port``; its ``msg`` comes last, so ``tgate listening on
+(\S+):(\d+)`` still finds host and port in the line), access lines (``logger``
+"tgate.access", ``event`` "disconnect"), summaries (``event`` "suppressed") and
+dropped-lines notices (``event`` "dropped").
 
 Rate limiting, per kind (logger name + format string ``record.msg``), all levels:
 at most ``RATE_LIMIT`` records per ``RATE_WINDOW`` s, then one line says ``N more
@@ -32,13 +43,15 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, Literal
 
+import orjson
 import trio
 
 MAX_BYTES, MAX_ENTRIES = 1 << 20, 10_000  # bounds of the queue
@@ -48,6 +61,8 @@ RATE_LIMIT, RATE_WINDOW = 5, 10.0  # at most 5 records of one kind per 10 s
 MAX_KINDS = 1000  # rate-limit windows remembered (each f-string message is a kind)
 
 Write = Callable[[bytes], int]
+Format = Literal["text", "json"]
+FORMATS: tuple[Format, ...] = ("text", "json")
 _write_stderr: Write = functools.partial(os.write, 2)
 _second: tuple[int, str] = (-1, "")  # replaced as a whole: safe across threads
 
@@ -62,19 +77,42 @@ def iso_time(t: float) -> str:
     return f"{cached[1]}.{int((t - sec) * 1000):03d}Z"
 
 
-def _notice(n: int) -> bytes:
+_OPT = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+
+
+def _json(obj: dict[str, Any]) -> bytes:
+    """One JSON line; never raises (what orjson cannot encode becomes its ``str``)."""
+    try:
+        return orjson.dumps(obj, default=str, option=_OPT)
+    except Exception:  # a lone surrogate (undecodable bytes), an int past 64 bits, ...
+        safe = {str(k): v if type(v) in (int, float, bool) and abs(v) < 1 << 63 else
+                str(v).encode(errors="backslashreplace").decode() for k, v in obj.items()}
+        try:
+            return orjson.dumps(safe, option=_OPT)
+        except Exception:
+            return orjson.dumps({"ts": iso_time(time.time()), "level": "error",
+                                 "logger": "tgate", "msg": repr(obj)}, option=_OPT)
+
+
+def _notice(n: int, fmt: Format = "text") -> bytes:
     when = iso_time(time.time())
-    return f"{when} tgate: WARNING: {n} log lines dropped (stderr full or closed)\n".encode()
+    text = f"{n} log lines dropped (stderr full or closed)"
+    if fmt == "json":
+        return _json({"ts": when, "level": "warning", "logger": "tgate", "msg": text,
+                      "event": "dropped", "dropped": n})
+    return f"{when} tgate: WARNING: {text}\n".encode()
 
 
 class LogQueue:
     """A bounded queue of whole lines, written by a thread with ``write``. ``put`` never
     blocks: it enqueues, or drops and counts; a gap (an ``int``: lines dropped there)
-    marks where lines were lost so that the notice lands in the right place."""
+    marks where lines were lost so that the notice lands in the right place.
+    ``fmt``: the format of the lines (text or json) for everyone who writes here."""
 
     def __init__(self, write: Write = _write_stderr, *, max_bytes: int = MAX_BYTES,
-                 max_entries: int = MAX_ENTRIES) -> None:
+                 max_entries: int = MAX_ENTRIES, fmt: Format = "text") -> None:
         self._write, self.max_bytes, self.max_entries = write, max_bytes, max_entries
+        self.fmt: Format = fmt
         self._cond = threading.Condition(threading.Lock())
         self._items: deque[bytes | int] = deque()
         self._nbytes = self._entries = 0  # queued or being written
@@ -142,7 +180,7 @@ class LogQueue:
                     batch, self._items = self._items, deque()
                 pending = self._write_batch(batch, pending)
             if pending:
-                self._write_all(_notice(pending))
+                self._write_all(_notice(pending, self.fmt))
 
     def _write_batch(self, batch: deque[bytes | int], pending: int) -> int:
         """Write ``batch``; ``pending``: lines lost before it. Returns lines lost unreported."""
@@ -156,7 +194,7 @@ class LogQueue:
                 pending, ok = self._flush(buf, pending)
                 size = 0
                 if pending and ok:
-                    ok = self._write_all(notice := _notice(pending)) == len(notice)
+                    ok = self._write_all(notice := _notice(pending, self.fmt)) == len(notice)
                     pending = 0 if ok else pending
             buf.append(item)
             size += len(item)
@@ -193,14 +231,16 @@ class LogQueue:
 
 
 class _Kind:
-    __slots__ = ("count", "first", "level", "start", "suppressed")
+    __slots__ = ("count", "first", "level", "logger", "start", "suppressed")
 
     def __init__(self, start: float) -> None:  # first: the first suppressed message
         self.start, self.count, self.suppressed, self.first, self.level = start, 0, 0, "", ""
+        self.logger = ""
 
 
 class QueueHandler(logging.Handler):
-    """Formats records as timestamped lines, rate-limited per kind, into a LogQueue."""
+    """Formats records as timestamped lines (text or JSON: the queue's ``fmt``),
+    rate-limited per kind, into a LogQueue."""
 
     def __init__(self, queue: LogQueue, *, limit: int = RATE_LIMIT,
                  window: float = RATE_WINDOW, clock: Callable[[], float] = time.monotonic,
@@ -228,7 +268,8 @@ class QueueHandler(logging.Handler):
             return
         kind.suppressed += 1
         if kind.suppressed == 1:
-            kind.first, kind.level = self._message(record), record.levelname
+            kind.first, kind.level, kind.logger = (
+                self._message(record), record.levelname, record.name)
 
     def suppressed_early(self, name: str, msg: object) -> bool:
         """Count a record of a kind being suppressed already, before it is even made."""
@@ -251,16 +292,24 @@ class QueueHandler(logging.Handler):
                 self._summary(kind)
 
     def _summary(self, kind: _Kind) -> None:
-        self.queue.put(
-            f"{iso_time(self.wall())} tgate: {kind.level}: {kind.suppressed} more like this "
-            f"in the last {self.window:g} s: {kind.first}\n".encode(errors="backslashreplace"))
+        text = f"{kind.suppressed} more like this in the last {self.window:g} s: {kind.first}"
+        if self.queue.fmt == "json":
+            self.queue.put(_json({
+                "ts": iso_time(self.wall()), "level": kind.level.lower(), "logger": kind.logger,
+                "msg": text, "event": "suppressed", "suppressed": kind.suppressed,
+                "first": kind.first}))
+        else:
+            self.queue.put(f"{iso_time(self.wall())} tgate: {kind.level}: {text}\n"
+                           .encode(errors="backslashreplace"))
         kind.suppressed = 0
 
-    def _message(self, record: logging.LogRecord) -> str:
+    def _message(self, record: logging.LogRecord, details: bool = True) -> str:
         try:
             text = record.getMessage()
         except Exception as exc:  # a bad format string must not kill the caller
             text = f"{record.msg!r} % {record.args!r} (logging error: {exc})"
+        if not details:
+            return text
         if record.exc_info:
             text += "\n" + self._formatter.formatException(record.exc_info)
         if record.stack_info:
@@ -268,8 +317,24 @@ class QueueHandler(logging.Handler):
         return text
 
     def _line(self, record: logging.LogRecord) -> bytes:
+        if self.queue.fmt == "json":
+            return self._json_line(record)
         return (f"{iso_time(record.created)} tgate: {record.levelname}: "
                 f"{self._message(record)}\n").encode(errors="backslashreplace")
+
+    def _json_line(self, record: logging.LogRecord) -> bytes:
+        obj: dict[str, Any] = {
+            "ts": iso_time(record.created), "level": record.levelname.lower(),
+            "logger": record.name, "msg": self._message(record, details=False)}
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            for key, value in fields.items():
+                obj.setdefault(str(key), value)  # never hides ts, level, logger or msg
+        if record.exc_info:
+            obj.setdefault("exc", self._formatter.formatException(record.exc_info))
+        if record.stack_info:
+            obj.setdefault("stack", self._formatter.formatStack(record.stack_info))
+        return _json(obj)
 
 
 class _Logger(logging.Logger):
@@ -283,6 +348,10 @@ class _Logger(logging.Logger):
 
 _queue: LogQueue | None = None
 _handler: QueueHandler | None = None
+_format: Format = "text"  # for queues made after setup (e.g. after a shutdown)
+_access_wanted = True  # set_access_log
+_access_level = True  # the level set up lets INFO through
+_access_on = True  # both: the one test access() makes when the log is off
 
 
 def _guard_std_fds() -> bool:
@@ -308,15 +377,25 @@ def get_queue() -> LogQueue:
     """The process's stderr queue, its writer started on first use."""
     global _queue
     if _queue is None:
-        _queue = LogQueue(len if _guard_std_fds() else _write_stderr)  # len: discard
+        _queue = LogQueue(len if _guard_std_fds() else _write_stderr, fmt=_format)  # len: discard
         _queue.start()
     return _queue
 
 
-def setup(level: int) -> None:
-    """Send all logging (``tgate`` and everything else) at ``level`` and up to the queue."""
-    global _handler
+def setup(level: int, fmt: Format = "text") -> None:
+    """Send all logging (``tgate`` and everything else) at ``level`` and up to the queue,
+    as text lines or JSON objects (``fmt``). Access lines are INFO: a ``level`` above
+    INFO turns them off too."""
+    global _handler, _format, _access_level, _access_on
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    _format = fmt
+    _access_level = level <= logging.INFO
+    _access_on = _access_wanted and _access_level
     queue = get_queue()
+    queue.fmt = fmt
+    if _handler is not None:  # set up again: what the old one suppressed is not lost
+        _handler.flush_suppressed(everything=True)
     logging._srcfile = None  # records need no caller, thread or process info
     for flag in ("logThreads", "logProcesses", "logMultiprocessing", "logAsyncioTasks"):
         setattr(logging, flag, False)
@@ -326,14 +405,68 @@ def setup(level: int) -> None:
     logging.captureWarnings(True)
 
 
+_ERROR_LINE = re.compile(rb"\S+: error: ")
+_BANNER = re.compile(r"tgate listening on (\S+):(\d+)")
+
+
 def emit_line(line: bytes) -> bool:
-    """Queue one line verbatim (a newline is added if missing); False if it was dropped."""
-    return get_queue().put(line if line.endswith(b"\n") else line + b"\n")
+    """Queue one line verbatim (a newline is added if missing); False if it was dropped.
+    In JSON mode the line becomes the ``msg`` of an object (level "error" for a
+    ``PROG: error: ...`` line, else "info")."""
+    queue = get_queue()
+    if queue.fmt == "json":
+        level = "error" if _ERROR_LINE.match(line) else "info"
+        return queue.put(_json({
+            "ts": iso_time(time.time()), "level": level, "logger": "tgate",
+            "msg": line.rstrip(b"\n").decode(errors="backslashreplace")}))
+    return queue.put(line if line.endswith(b"\n") else line + b"\n")
 
 
 def banner(text: str) -> bool:
-    """Queue ``text`` as it is, e.g. ``tgate listening on HOST:PORT``."""
-    return emit_line(text.encode(errors="backslashreplace"))
+    """Queue ``text`` as it is, e.g. ``tgate listening on HOST:PORT``. In JSON mode:
+    ``{"ts", "level": "info", "logger": "tgate", "event": "listening", "host", "port",
+    "msg": text}``, ``msg`` last so that the text pattern still finds host and port."""
+    queue = get_queue()
+    if queue.fmt != "json":
+        return emit_line(text.encode(errors="backslashreplace"))
+    obj: dict[str, Any] = {"ts": iso_time(time.time()), "level": "info", "logger": "tgate"}
+    if m := _BANNER.fullmatch(text):
+        host = m[1][1:-1] if m[1].startswith("[") and m[1].endswith("]") else m[1]
+        obj.update(event="listening", host=host, port=int(m[2]))
+    obj["msg"] = text
+    return queue.put(_json(obj))
+
+
+def set_access_log(enabled: bool) -> None:
+    """Turn the access log (one line per connection when it ends) on or off."""
+    global _access_wanted, _access_on
+    _access_wanted = bool(enabled)
+    _access_on = _access_wanted and _access_level
+
+
+def access(client_id: int, peer: tuple[str, int], duration: float, bytes_in: int,
+           bytes_out: int, reason: str, worker: int) -> None:
+    """The access line of a connection that ended: INFO, never rate-limited (each
+    connection gets one), dropped and counted like any line when the queue is full.
+    One test of a global when the access log is off."""
+    if not _access_on:
+        return
+    queue = _queue if _queue is not None else get_queue()
+    if not queue.has_room(256):  # skip the formatting
+        queue.drop(1)
+        return
+    now = iso_time(time.time())
+    if queue.fmt == "json":
+        queue.put(_json({
+            "ts": now, "level": "info", "logger": "tgate.access", "event": "disconnect",
+            "id": client_id, "peer": peer[0], "port": peer[1], "worker": worker,
+            "duration_s": round(duration, 6), "bytes_in": bytes_in, "bytes_out": bytes_out,
+            "reason": reason}))
+        return
+    host = f"[{peer[0]}]" if ":" in peer[0] else peer[0]
+    queue.put(f"{now} tgate: access: client {client_id} {host}:{peer[1]} worker {worker} "
+              f"{duration:.3f} s in {bytes_in} B out {bytes_out} B ({reason})\n"
+              .encode(errors="backslashreplace"))
 
 
 def flush_suppressed() -> None:
@@ -353,8 +486,18 @@ def shutdown(timeout: float = 1.0) -> bool:
     return queue is None or queue.close(timeout)
 
 
-def _enqueue(queue: LogQueue, tag: bytes, lines: list[bytes]) -> None:
-    prefix = iso_time(time.time()).encode() + tag
+def _enqueue(queue: LogQueue, pid: int, tag: bytes, lines: list[bytes]) -> None:
+    when = iso_time(time.time())
+    if queue.fmt == "json":
+        size = sum(map(len, lines)) + len(lines) * 80  # about: escapes can add more
+        if not queue.has_room(size):
+            queue.drop(len(lines))
+            return
+        queue.put(b"".join(_json({
+            "ts": when, "level": "stderr", "logger": "handler", "pid": pid,
+            "msg": line.decode(errors="backslashreplace")}) for line in lines))
+        return
+    prefix = when.encode() + tag
     size = sum(map(len, lines)) + len(lines) * (len(prefix) + 1)
     if not queue.has_room(size):
         queue.drop(len(lines))  # skip the formatting
@@ -364,7 +507,8 @@ def _enqueue(queue: LogQueue, tag: bytes, lines: list[bytes]) -> None:
 
 async def forward_stderr(stream: trio.abc.ReceiveStream, pid: int, *,
                          queue: LogQueue | None = None) -> None:
-    """Copy a handler's stderr to ours, each line prefixed with a timestamp and its pid.
+    """Copy a handler's stderr to ours, each line prefixed with a timestamp and its pid
+    (in JSON mode: ``{"ts", "level": "stderr", "logger": "handler", "pid", "msg"}``).
 
     Into the bounded queue, so a flooding handler cannot stall the loop: lines that do
     not fit are dropped (and counted) but reading goes on, so the handler never blocks
@@ -390,10 +534,10 @@ async def forward_stderr(stream: trio.abc.ReceiveStream, pid: int, *,
                 lines.append(partial[:PIECE])
                 partial = partial[PIECE:]
             if lines:
-                _enqueue(q, tag, lines)
+                _enqueue(q, pid, tag, lines)
     except (trio.ClosedResourceError, trio.BrokenResourceError):
         pass
     finally:
         await stream.aclose()
     if partial:
-        _enqueue(q, tag, [partial])
+        _enqueue(q, pid, tag, [partial])

@@ -4,9 +4,11 @@ consumed replies, channel ops. Mixed into :class:`tgate.core.Core`."""
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from .framing import FrameError, Framer
+from .metrics import LATENCY_BUCKETS
 from .protocol import (
     Close,
     Consumed,
@@ -21,7 +23,10 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .channels import Channels
+    from .metrics import Metrics
     from .state import Client, Settings, Worker
 
 log = logging.getLogger("tgate")
@@ -35,6 +40,8 @@ class Replies:
 
     if TYPE_CHECKING:
         settings: Settings
+        metrics: Metrics
+        clock: Callable[[], float]
         clients: dict[int, Client]
         workers: list[Worker]
         touched: set[Client]
@@ -47,6 +54,7 @@ class Replies:
         def _acquit(self, c: Client) -> None: ...
 
     def handler_line(self, line: bytes, index: int = 0) -> None:
+        self.metrics.lines_from_handler += 1
         commands, errors = parse_line(line)
         if errors:
             if not line or line.isspace():
@@ -141,6 +149,7 @@ class Replies:
         data = self._frame_out(cmd.data, cmd.raw, line)
         if data is None:
             return
+        self.metrics.publishes += 1
         members = self.channels.members(cmd.channel)
         if members:
             self._deliver([c for c in members if c.id != cmd.exclude], data)
@@ -181,6 +190,11 @@ class Replies:
             return
         if was_awaiting:
             w.owed -= 1
+            # Metrics.observe_latency, inlined: this runs once per reply.
+            m = self.metrics
+            took = self.clock() - c.sent_at
+            m.latency_counts[bisect_left(LATENCY_BUCKETS, took)] += 1
+            m.latency_sum += took
         if c.suspect or c.strikes:
             self._acquit(c)
         if c.closing is None:

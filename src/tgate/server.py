@@ -10,13 +10,14 @@ import errno
 import gc
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 from trio.lowlevel import checkpoint, wait_readable
 
-from . import logs
+from . import logs, observe
 from .clients import ClientIO, Conn
 from .core import Core, Settings
 from .guardian import Guardian
@@ -58,6 +59,11 @@ class Options:
     max_clients_per_ip: int = 0
     #: close clients that sent nothing for this many seconds (0: never)
     idle_timeout: float = 0.0
+    #: serve /metrics and /status on this address (None: no such listener)
+    metrics: tuple[str, int] | None = None
+    #: on SIGINT/SIGTERM, stop accepting at once but keep serving the
+    #: connected clients this long before closing them (0: no drain)
+    drain_timeout: float = 0.0
 
 
 def _malloc_trim() -> None:
@@ -110,6 +116,13 @@ class Gateway:
             for i in range(len(self.core.workers))
         ]
         self._running = 0  # links whose supervisor has not returned
+        #: the counters behind /metrics (the core updates most of them)
+        self.metrics = self.core.metrics
+        #: set while a SIGTERM's drain runs (see --drain-timeout)
+        self.draining = False
+        self.started_at = time.time()
+        #: where /metrics is served, once it is (port 0 picks one)
+        self.metrics_address: tuple[str, int] | None = None
         self._reloading = False
 
     @property
@@ -143,9 +156,11 @@ class Gateway:
     # ------------------------------------------------------------ control
 
     def stop(self) -> None:
-        """Begin an orderly shutdown (SIGINT/SIGTERM)."""
-        for link in self.links:
-            link.stopping()
+        """Begin an orderly shutdown (SIGINT/SIGTERM): after the drain, if
+        any, no handler is restarted."""
+        if not self.options.drain_timeout:
+            for link in self.links:
+                link.stopping()
         self._stop_requested.set()
 
     def abort(self) -> None:
@@ -194,9 +209,19 @@ class Gateway:
                     nursery.start_soon(self._ticker)
                     if self.options.idle_timeout > 0:
                         nursery.start_soon(self._idle_sweeper)
+                    if self.options.metrics is not None:
+                        host, port = self.options.metrics
+                        try:
+                            self.metrics_address = await nursery.start(
+                                observe.serve_metrics, self, host, port)
+                        except OSError as exc:
+                            raise ListenError(f"cannot serve metrics on {host}:{port}: "
+                                              f"{exc.strerror or exc}") from None
                     task_status.started(lsock.getsockname()[:2])
                     await self._stop_requested.wait()
                     accept_scope.cancel()
+                    if self.options.drain_timeout:
+                        await self._drain(lsock)
                     await self._shutdown()
                     nursery.cancel_scope.cancel()
         finally:
@@ -323,6 +348,21 @@ class Gateway:
             if peak - len(self.conns) >= TRIM_AFTER_LEAVING:
                 _malloc_trim()
                 peak = len(self.conns)
+
+    async def _drain(self, lsock: socket.socket) -> None:
+        """Close the listener at once (a load balancer's health check now
+        fails) and keep serving the connected clients until they leave or
+        --drain-timeout ends."""
+        trio.lowlevel.notify_closing(lsock)
+        lsock.close()
+        self.draining = True
+        timeout = self.options.drain_timeout
+        log.info("draining: not accepting; %d clients served for up to %.1f s",
+                 len(self.conns), timeout)
+        with trio.move_on_after(timeout):
+            await self._changes.wait_until(lambda: not self.conns)
+        for link in self.links:
+            link.stopping()
 
     async def _shutdown(self) -> None:
         """Within --shutdown-grace: the handler answers what it owes, the
