@@ -319,3 +319,22 @@ def test_chat_examples_work_unchanged_with_four_workers(name: str) -> None:
         assert b"hello room" not in own
         for s in socks:
             s.close()
+
+
+async def test_rolling_reload_moves_on_from_a_stuck_worker(
+    gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trio
+
+    import tgate.server
+
+    monkeypatch.setattr(tgate.server, "ROLLING_RELOAD_SLACK", 0.1)
+    with trio.fail_after(30):
+        async with gateway(POOL, workers=2, shutdown_grace=0.1) as (gw, _port):
+            never = trio.Event()  # worker 0's reload never finishes (e.g. in backoff)
+            monkeypatch.setattr(gw.links[0], "reload", lambda: never)
+            pid1 = gw.links[1].pid
+            gw.reload()
+            while gw.links[1].pid in (None, pid1):
+                await trio.sleep(0.05)
+            assert gw.links[1].restarts == 1

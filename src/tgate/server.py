@@ -21,7 +21,7 @@ from . import logs, observe
 from .clients import ClientIO, Conn
 from .core import Core, Settings
 from .guardian import Guardian
-from .link import HandlerLink
+from .link import READY_WINDOW, HandlerLink
 from .waits import Changes, Wake
 
 log = logging.getLogger("tgate")
@@ -35,6 +35,9 @@ DEFAULT_MAX_CLIENTS = 10000
 ACCEPT_ERROR_BACKOFF = 0.1
 #: Accept at most this many connections in a row before letting others run.
 ACCEPT_BATCH = 64
+#: A rolling reload moves on from a worker not replaced within its
+#: --shutdown-grace plus its start plus this.
+ROLLING_RELOAD_SLACK = 5.0
 #: When this many clients have left since the peak, return freed memory.
 TRIM_AFTER_LEAVING = 1000
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -183,11 +186,19 @@ class Gateway:
             self._nursery.start_soon(self._rolling_reload)
 
     async def _rolling_reload(self) -> None:
+        # A worker whose command cannot start is in its crash backoff: give
+        # each worker a bounded time, so one broken worker cannot hold the
+        # reload of the others.
+        per_worker = self.options.shutdown_grace + READY_WINDOW + ROLLING_RELOAD_SLACK
         try:
             for link in self.links:
                 if self._stop_requested.is_set():
                     return
-                await link.reload().wait()
+                with trio.move_on_after(per_worker) as scope:
+                    await link.reload().wait()
+                if scope.cancelled_caught:
+                    log.warning("reload: worker %d not replaced within %.1f s; going on with "
+                                "the next one", link.index, per_worker)
         finally:
             self._reloading = False
 
