@@ -344,7 +344,7 @@ def test_poison_client_alone_is_quarantined_with_busy_bystanders(tmp_path: Path)
         assert not errors, errors
         poison.settimeout(5)
         assert poison.recv(100) in (b"ok\n", b"")  # its own answer, if any, then EOF
-        assert t.log().count("(quarantined)") == 1
+        assert t.log().count("disconnected (quarantined)") == 1
         for s in others:
             s.sendall(b"alive\n")
             assert recv_line(s) == b"alive\n"
