@@ -338,3 +338,13 @@ async def test_rolling_reload_moves_on_from_a_stuck_worker(
             while gw.links[1].pid in (None, pid1):
                 await trio.sleep(0.05)
             assert gw.links[1].restarts == 1
+
+
+def test_every_worker_start_is_logged_however_many_workers() -> None:
+    # The log's rate limiter allows 5 lines of a kind per 10 s: each
+    # worker's lifecycle lines are a kind of their own, so 8 starts show.
+    with tgate("--handler", POOL, "--workers", "8") as t:
+        t.wait_for(r"handler started \(pid \d+\).*\[worker 7\]")
+        starts = re.findall(r"handler started \(pid \d+\).*\[worker (\d)\]", t.log())
+        assert sorted(starts) == [str(i) for i in range(8)]
+        assert "more like this" not in t.log()

@@ -85,6 +85,8 @@ class HandlerLink:
         self.index = index
         self.w = core.workers[index]
         #: how log lines name this worker ("" in a pool of one)
+        # Part of the format strings, not an argument: the log's rate limiter
+        # counts each worker's lifecycle lines as a kind of their own.
         self.name = f" [worker {index}]" if len(core.workers) > 1 else ""
         self.argv = argv
         self.handler_timeout = handler_timeout
@@ -248,7 +250,7 @@ class HandlerLink:
         while proc is not None:
             started = trio.current_time()
             self.pid = proc.pid
-            log.info("handler started (pid %d): %s%s", proc.pid, " ".join(self.argv), self.name)
+            log.info("handler started (pid %d): %s" + self.name, proc.pid, " ".join(self.argv))
             core.handler_started(self.index)
             self._after()
             if first:
@@ -267,8 +269,8 @@ class HandlerLink:
             grace = STOP_GRACE if outcome in DELIBERATE else 0.0
             self._nursery.start_soon(self._stop, proc, grace)
             if outcome == "reload":
-                log.info("handler (pid %d) replaced by pid %d%s", proc.pid,
-                         successor.pid if successor else 0, self.name)
+                log.info("handler (pid %d) replaced by pid %d" + self.name, proc.pid,
+                         successor.pid if successor else 0)
                 consecutive = 0
                 self.restarts += 1
                 proc = successor
@@ -290,8 +292,8 @@ class HandlerLink:
                         core.close(c, "reset")
             delay = restart_delay(consecutive)
             log.error("handler (pid %d) %s (%s); %d live clients kept; restarting in %.2f s "
-                      "(crash %d in a row)%s", proc.pid, describe_exit(proc.returncode), outcome,
-                      self.w.nclients, delay, consecutive, self.name)
+                      "(crash %d in a row)" + self.name, proc.pid, describe_exit(proc.returncode),
+                      outcome, self.w.nclients, delay, consecutive)
             self._after()
             proc, consecutive = await self._respawn(delay, consecutive)
             if proc is not None:
@@ -314,8 +316,8 @@ class HandlerLink:
             except HandlerStartError as exc:
                 consecutive += 1
                 delay = restart_delay(consecutive)
-                log.error("%s; %d live clients kept; retrying in %.2f s%s", exc,
-                          self.w.nclients, delay, self.name)
+                log.error("%s; %d live clients kept; retrying in %.2f s" + self.name, exc,
+                          self.w.nclients, delay)
 
     async def _start_successor(self, old: HandlerProcess) -> HandlerProcess | None:
         """A reload's new handler, once it has lived READY_WINDOW; None (and
@@ -415,14 +417,14 @@ class HandlerLink:
                     oldest = core.oldest_owed(self.index)
                     if oldest is not None and now - oldest >= timeout:
                         log.error("handler (pid %d) hung: a reply owed for %.1f s (%d owed); "
-                                  "killing it%s", proc.pid, now - oldest, w.owed, self.name)
+                                  "killing it" + self.name, proc.pid, now - oldest, w.owed)
                         done("hung")
                         return
                     stalled = self._stalled_since
                     if stalled is not None and now - stalled >= timeout:
                         log.error("handler (pid %d) hung: it read none of its stdin for %.1f s "
-                                  "(%d bytes waiting); killing it%s", proc.pid, now - stalled,
-                                  w.pipe_pending + len(w.outbox), self.name)
+                                  "(%d bytes waiting); killing it" + self.name, proc.pid,
+                                  now - stalled, w.pipe_pending + len(w.outbox))
                         done("hung")
                         return
 
@@ -463,10 +465,10 @@ class HandlerLink:
         owes (raw mode) or, in framed modes, to read all it was sent and
         answer it until it exits at its stdin's EOF. New bytes are held."""
         w = self.w
-        log.info("reload: handler (pid %d) gets %.1f s to answer %s%s", proc.pid,
+        log.info("reload: handler (pid %d) gets %.1f s to answer %s" + self.name, proc.pid,
                  self.shutdown_grace,
                  f"{w.owed} owed replies" if self.core.settings.framing == "raw"
-                 else "the frames it was sent", self.name)
+                 else "the frames it was sent")
         w.hold = True
         with trio.move_on_after(self.shutdown_grace) as scope:
             if self.core.settings.framing == "raw":
