@@ -4,11 +4,9 @@ consumed replies, channel ops. Mixed into :class:`tgate.core.Core`."""
 from __future__ import annotations
 
 import logging
-from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from .framing import FrameError, Framer
-from .metrics import LATENCY_BUCKETS
 from .protocol import (
     Close,
     Consumed,
@@ -124,10 +122,17 @@ class Replies:
         if data is None:
             return
         clients = self.clients
+        ids = cmd.ids
+        if len(ids) == 1:  # the common reply: no lists, no extra call
+            c = clients.get(ids[0])
+            if c is not None and c.closing != "closed" and c.closing != "slow":
+                c.out += data
+                self.touched.add(c)
+                return
         closed: list[int] = []
         never: list[int] = []
         targets: list[Client] = []
-        for cid in cmd.ids:
+        for cid in ids:
             c = clients.get(cid)
             if c is None:
                 (closed if 0 < cid < self._next_id else never).append(cid)
@@ -190,11 +195,7 @@ class Replies:
             return
         if was_awaiting:
             w.owed -= 1
-            # Metrics.observe_latency, inlined: this runs once per reply.
-            m = self.metrics
-            took = self.clock() - c.sent_at
-            m.latency_counts[bisect_left(LATENCY_BUCKETS, took)] += 1
-            m.latency_sum += took
+            self.metrics.observe_latency(self.clock() - c.sent_at)
         if c.suspect or c.strikes:
             self._acquit(c)
         if c.closing is None:
